@@ -1,0 +1,140 @@
+"""Training objective: rectified flow with a noise level per modality and an x0-predicting network.
+
+    x_t = (1 - t) x0 + t * noise,   t in [0, 1], t = 1 is pure noise;   velocity v = noise - x0.
+
+The network predicts x0; the loss is the velocity MSE of that prediction,
+    v_pred = (x_t - x0_pred) / max(t, t_min),
+which equals an x0 MSE weighted by 1 / max(t, t_min)^2 (JiT's choice: x-prediction, v-loss).
+
+Per sample, the two modalities get independent logit-normal times; with probability p_clean one
+modality (never both) is held clean (t = 0) and contributes no loss: that teaches audio-to-video
+and video-to-audio to the same model. The prompt is dropped (null prompt) with p_drop_prompt and
+the cross-modal path with p_drop_cross, so both can be guided at sampling time.
+
+Randomness comes only from the `generator` argument. Passing a list of generators (one per sample,
+e.g. keyed by the global sample index) makes every draw of a sample independent of batch size
+and of how a batch is split over processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, asdict
+
+import torch
+
+from avgen.model.transformer import MEDIA
+
+Generator = torch.Generator | list[torch.Generator]
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    t_mean: float = 0.0  # logit-normal location (SD3)
+    t_std: float = 1.0  # logit-normal scale
+    p_clean: float = 0.15  # per modality, mutually exclusive: P(video clean) = P(audio clean) = p_clean
+    p_drop_prompt: float = 0.1
+    p_drop_cross: float = 0.1
+    t_min: float = 0.05  # clamp of t in v_pred = (x_t - x0_pred) / t (bounds the weight at 1/t_min^2)
+
+    def __post_init__(self):
+        if not 0 <= 2 * self.p_clean <= 1:
+            raise ValueError(f"p_clean must lie in [0, 0.5], got {self.p_clean}")
+        for name in ("p_drop_prompt", "p_drop_cross"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.t_min < 1:
+            raise ValueError(f"t_min must lie in (0, 1), got {self.t_min}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- random draws
+def _draw(generator: Generator, batch: int, draw, device) -> torch.Tensor:
+    """`draw(gen, n)` for the whole batch from one generator, or per sample from a list of them."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for a batch of {batch}")
+        return torch.cat([draw(g, 1) for g in generator]).to(device)
+    return draw(generator, batch).to(device)
+
+
+def _uniform(generator: Generator, batch: int, device) -> torch.Tensor:
+    return _draw(generator, batch, lambda g, n: torch.rand(n, generator=g, device=g.device), device)
+
+
+def _normal(generator: Generator, shape: tuple[int, ...], device) -> torch.Tensor:
+    """(B, *shape[1:]) standard normal."""
+    return _draw(generator, shape[0], lambda g, n: torch.randn((n, *shape[1:]), generator=g, device=g.device),
+                 device)
+
+
+def sample_times(batch: int, generator: Generator, cfg: ObjectiveConfig = ObjectiveConfig(),
+                 device="cpu") -> dict[str, torch.Tensor]:
+    """{video, audio}: (B,) noise levels; logit-normal each, one modality set to 0 with p_clean."""
+    t = {m: torch.sigmoid(cfg.t_mean + cfg.t_std * _normal(generator, (batch,), device)) for m in MEDIA}
+    u = _uniform(generator, batch, device)  # one draw decides which modality (if any) is held clean
+    clean = {"video": u < cfg.p_clean, "audio": (u >= cfg.p_clean) & (u < 2 * cfg.p_clean)}
+    return {m: torch.where(clean[m], torch.zeros_like(t[m]), t[m]) for m in MEDIA}
+
+
+# ---------------------------------------------------------------------------- prompts
+def encode_prompts(labels_list: list[list[str]], vocab, max_events: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Label sequences -> (prompt_ids (B, max_events) long, prompt_mask (B, max_events) bool).
+
+    An empty list is the null prompt (mask all False; the model substitutes its null token).
+    """
+    index = {label: i for i, label in enumerate(vocab)}
+    ids = torch.zeros(len(labels_list), max_events, dtype=torch.long)
+    mask = torch.zeros(len(labels_list), max_events, dtype=torch.bool)
+    for row, labels in enumerate(labels_list):
+        if len(labels) > max_events:
+            raise ValueError(f"prompt {' '.join(labels)!r} has {len(labels)} events; the model knows {max_events}")
+        unknown = [lab for lab in labels if lab not in index]
+        if unknown:
+            raise ValueError(f"unknown label(s) {unknown}; the model knows {list(vocab)}")
+        ids[row, :len(labels)] = torch.tensor([index[lab] for lab in labels], dtype=torch.long)
+        mask[row, :len(labels)] = True
+    return ids.to(device), mask.to(device)
+
+
+# ---------------------------------------------------------------------------- loss
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t noise, t (B,) broadcast over tokens."""
+    t = t.view(-1, *([1] * (x0.ndim - 1)))
+    return (1 - t) * x0 + t * noise
+
+
+def x0_to_velocity(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_min: float = 0.0) -> torch.Tensor:
+    """v = (x_t - x0) / t: the velocity that an x0 prediction implies (t clamped below at t_min)."""
+    t = t.clamp_min(t_min).view(-1, *([1] * (x0.ndim - 1)))
+    return (x_t - x0) / t
+
+
+def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, prompt_ids: torch.Tensor,
+                  prompt_mask: torch.Tensor, generator: Generator,
+                  cfg: ObjectiveConfig = ObjectiveConfig()) -> tuple[torch.Tensor, dict[str, float]]:
+    """The rectified-flow loss of one batch of clips: frames (B, T, H, W, C) in [0, 1], audio (B, S).
+
+    Returns (scalar loss = video loss + audio loss, stats). A modality's loss is averaged over the
+    whole batch with clean samples counting zero, so its scale does not depend on how many were
+    held clean; `stats` reports each modality's mean over the samples where it was noisy.
+    """
+    batch, device = frames.shape[0], frames.device
+    with torch.no_grad():
+        x0 = codec.encode(frames, audio)  # {video: (B, N, Dv), audio: (B, N, Da)}
+    t = sample_times(batch, generator, cfg, device)  # {m: (B,)}
+    noise = {m: _normal(generator, tuple(x0[m].shape), device) for m in MEDIA}  # {m: (B, N, D_m)}
+    x_t = {m: add_noise(x0[m], noise[m], t[m]) for m in MEDIA}
+    keep_prompt = _uniform(generator, batch, device) >= cfg.p_drop_prompt  # (B,)
+    cross_modal = _uniform(generator, batch, device) >= cfg.p_drop_cross  # (B,)
+    pred = model(x_t["video"], x_t["audio"], t["video"], t["audio"], prompt_ids,
+                 prompt_mask.bool() & keep_prompt[:, None], cross_modal=cross_modal)
+    loss, stats = torch.zeros((), device=device), {}
+    for m in MEDIA:
+        v_pred = x0_to_velocity(x_t[m], pred[m].float(), t[m], cfg.t_min)
+        per_sample = (v_pred - (noise[m] - x0[m])).pow(2).mean(dim=(1, 2))  # (B,)
+        noisy = (t[m] > 0).float()  # (B,): a modality held clean has nothing to learn
+        loss = loss + (per_sample * noisy).mean()
+        stats[f"loss_{m}"] = float((per_sample.detach() * noisy).sum() / noisy.sum().clamp_min(1))
+    stats["loss"] = float(loss.detach())
+    return loss, stats

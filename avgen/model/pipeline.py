@@ -1,0 +1,364 @@
+"""Sampling: `AVGenPipeline`, a diffusers pipeline for joint audio-video generation, and the
+library functions the CLI (`avgen generate`) and the demo both call.
+
+    pipe = AVGenPipeline.from_pretrained("weights/avgen")
+    out = pipe("3 1 4", num_inference_steps=25, generator=torch.Generator().manual_seed(0))
+    out.frames  # (B, T, H, W, C) in [0, 1]     out.audio  # (B, S)     out.fps, out.sample_rate
+
+Names follow diffusers' `LTX2Pipeline`. Guidance, per modality m (x0 space, which is the same as
+velocity space since v = (x_t - x0) / t is affine in x0 with coefficients summing to one):
+    x0_m = x0_cond + (g_m - 1) (x0_cond - x0_uncond) + (s_m - 1) (x0_cond - x0_nocross)
+g_video = guidance_scale, g_audio = audio_guidance_scale, s = modality_scale (LTX-2's convention:
+1.0 = off). x0_nocross is the conditional pass with the cross-modal path closed, so s > 1 pushes
+each modality towards what it takes from the other. All passes run as ONE batched forward.
+modality_scale defaults to 1.0 (off): whether it helps is still to be measured on a trained model.
+
+Audio-to-video / video-to-audio: `audio=` / `video=` hold that modality clean (t = 0) for every
+pass and every step; it is returned bit-identical, and only the other modality is sampled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import (DiffusionPipeline, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                       FlowMatchHeunDiscreteScheduler)
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from avgen.data.clip import Clip
+from avgen.model.codec import AVCodec
+from avgen.model.device import autocast, maybe_compile, resolve_device
+from avgen.model.objective import encode_prompts, x0_to_velocity
+from avgen.model.transformer import AVDiT, MEDIA
+
+# Solvers that integrate the flow-matching ODE; each modality gets its own instance because
+# flow-matching schedulers keep a step counter (and multistep ones a history).
+SAMPLERS: dict[str, Callable[[], object]] = {
+    "euler": lambda: FlowMatchEulerDiscreteScheduler(),
+    "heun": lambda: FlowMatchHeunDiscreteScheduler(),  # 2nd order: 2 passes per step but the last
+    "dpm++": lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                 algorithm_type="dpmsolver++", solver_order=2),
+}
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "avgen"
+
+
+def make_scheduler(name: str):
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]()
+
+
+
+@dataclass
+class AVGenPipelineOutput(BaseOutput):
+    """frames (B, T, H, W, C) in [0, 1] and audio (B, S) (np or torch; tokens if output_type="latent")."""
+
+    frames: np.ndarray | torch.Tensor
+    audio: np.ndarray | torch.Tensor
+    fps: int
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Per-modality guidance scales (1.0 = that guidance is off)."""
+
+    video: float
+    audio: float
+    modality_video: float
+    modality_audio: float
+
+    @property
+    def needs_uncond(self) -> bool:
+        return self.video != 1.0 or self.audio != 1.0
+
+    @property
+    def needs_nocross(self) -> bool:
+        return self.modality_video != 1.0 or self.modality_audio != 1.0
+
+    def combine(self, x0: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """{pass: {modality: x0}} -> guided {modality: x0}."""
+        out = {}
+        for m in MEDIA:
+            cond = x0["cond"][m]
+            g = cond
+            if self.needs_uncond:
+                g = g + (getattr(self, m) - 1) * (cond - x0["uncond"][m])
+            if self.needs_nocross:
+                g = g + (getattr(self, f"modality_{m}") - 1) * (cond - x0["nocross"][m])
+            out[m] = g
+        return out
+
+
+class AVGenPipeline(DiffusionPipeline):
+    """Text (and optionally one modality) -> synchronized video + audio, with an `AVDiT`."""
+
+    model_cpu_offload_seq = "transformer"
+
+    def __init__(self, transformer: AVDiT, scheduler, audio_scheduler):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler, audio_scheduler=audio_scheduler)
+        self.codec = AVCodec.from_config(transformer.config)  # fixed, rebuilt from the stored config
+
+    @classmethod
+    def from_transformer(cls, transformer: AVDiT, sampler: str = "euler") -> "AVGenPipeline":
+        return cls(transformer, make_scheduler(sampler), make_scheduler(sampler))
+
+    def set_sampler(self, name: str) -> "AVGenPipeline":
+        self.scheduler, self.audio_scheduler = make_scheduler(name), make_scheduler(name)
+        return self
+
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        return tuple(self.transformer.config.vocab)
+
+    # ------------------------------------------------------------------ inputs
+    def parse_prompts(self, prompt: str | list[str] | None, batch: int | None = None) -> list[list[str]]:
+        """Prompt(s) -> label lists; None or "" is the null prompt. ValueError names bad labels."""
+        prompts = prompt if isinstance(prompt, list) else [prompt] * (batch or 1)
+        if batch is not None and len(prompts) != batch:
+            raise ValueError(f"{len(prompts)} prompts for a batch of {batch}")
+        labels = [(p or "").split() for p in prompts]
+        encode_prompts(labels, self.vocab, self.transformer.config.max_events)  # validates
+        return labels
+
+    def encode_given(self, video, audio, batch: int, num_tokens: int, device) -> dict[str, torch.Tensor]:
+        """The modality the caller holds fixed (A2V / V2A), as clean tokens (B, N, D)."""
+        given = {}
+        if video is not None:
+            frames = _batched(video, 4, batch, "video")
+            given["video"] = self.codec.encode_video(frames.to(device))
+        if audio is not None:
+            given["audio"] = self.codec.encode_audio(_batched(audio, 1, batch, "audio").to(device))
+        for m, tokens in given.items():
+            if tokens.shape[1] != num_tokens:
+                raise ValueError(f"the given {m} lasts {tokens.shape[1]} tokens; the clip needs {num_tokens}")
+        return given
+
+    def prepare_latents(self, latents, shape: tuple[int, ...], generator, device) -> torch.Tensor:
+        """Initial noise, drawn on the CPU so one seed gives one clip on every device."""
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+            return latents.to(device, torch.float32)
+        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
+
+    # ------------------------------------------------------------------ one guided step
+    def predict_x0(self, x: dict[str, torch.Tensor], t: dict[str, torch.Tensor], prompts: dict[str, tuple],
+                   guidance: Guidance) -> dict[str, torch.Tensor]:
+        """Guided x0 for both modalities from one batched forward over the needed passes."""
+        passes = ["cond"] + ["uncond"] * guidance.needs_uncond + ["nocross"] * guidance.needs_nocross
+        batch = x["video"].shape[0]
+        ids = torch.cat([prompts["uncond" if p == "uncond" else "cond"][0] for p in passes])  # (KB, P)
+        mask = torch.cat([prompts["uncond" if p == "uncond" else "cond"][1] for p in passes])  # (KB, P)
+        cross = torch.tensor([p != "nocross" for p in passes], device=ids.device).repeat_interleave(batch)  # (KB,)
+        k = len(passes)
+        with autocast(self._execution_device):
+            out = self.transformer(x["video"].repeat(k, 1, 1), x["audio"].repeat(k, 1, 1),
+                                   t["video"].repeat(k), t["audio"].repeat(k), ids, mask, cross_modal=cross)
+        per_pass = {p: {m: out[m].float()[i * batch:(i + 1) * batch] for m in MEDIA} for i, p in enumerate(passes)}
+        return guidance.combine(per_pass)
+
+    # ------------------------------------------------------------------ the call
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None,
+                 duration_s: float | None = None, num_inference_steps: int = 25, guidance_scale: float = 4.0,
+                 audio_guidance_scale: float | None = None, modality_scale: float = 1.0,
+                 audio_modality_scale: float | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 latents: torch.Tensor | None = None, audio_latents: torch.Tensor | None = None,
+                 audio=None, video=None, output_type: str = "np", return_dict: bool = True,
+                 callback_on_step_end: Callable | None = None,
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents", "audio_latents")):
+        """Generate clips. `prompt` is a label sequence ("3 1 4") or a list of them (a batch);
+        `audio=` (S,) / (B, S) or `video=` (T, H, W, C) / (B, ...) in [0, 1] hold that modality clean.
+        Returns `AVGenPipelineOutput` (or a tuple (frames, audio) with return_dict=False).
+        """
+        self.check_inputs(output_type, num_inference_steps, audio, video)
+        batch = len(prompt) if isinstance(prompt, list) else (len(generator) if isinstance(generator, list) else 1)
+        device = self._execution_device
+        self.codec.to(device)
+        num_tokens = self.codec.num_tokens(duration_s)
+        guidance = Guidance(guidance_scale, guidance_scale if audio_guidance_scale is None else audio_guidance_scale,
+                            modality_scale, modality_scale if audio_modality_scale is None else audio_modality_scale)
+        prompts = {"cond": self.encode_prompt(prompt, batch, device),
+                   "uncond": self.encode_prompt(negative_prompt, batch, device)}
+        given = self.encode_given(video, audio, batch, num_tokens, device)
+        dims = self.codec.dims
+        x = {"video": self.prepare_latents(latents, (batch, num_tokens, dims["video"]), generator, device),
+             "audio": self.prepare_latents(audio_latents, (batch, num_tokens, dims["audio"]), generator, device),
+             **given}
+        x = self.denoise(x, [m for m in MEDIA if m not in given], prompts, guidance, num_inference_steps,
+                         callback_on_step_end, callback_on_step_end_tensor_inputs)
+        self.maybe_free_model_hooks()
+        frames, waves = self.decode(x, given, video, audio, output_type)
+        if not return_dict:
+            return frames, waves
+        return AVGenPipelineOutput(frames, waves, self.codec.spec.fps, self.codec.spec.sample_rate)
+
+    @staticmethod
+    def check_inputs(output_type: str, num_inference_steps: int, audio, video) -> None:
+        if output_type not in ("np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if audio is not None and video is not None:
+            raise ValueError("give audio= or video=, not both: there would be nothing to generate")
+
+    def encode_prompt(self, prompt, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_ids, prompt_mask) for a prompt or list of prompts (None / "" = null prompt)."""
+        return encode_prompts(self.parse_prompts(prompt, batch), self.vocab, self.transformer.config.max_events, device)
+
+    def denoise(self, x: dict[str, torch.Tensor], noisy: list[str], prompts: dict, guidance: Guidance, steps: int,
+                callback, callback_inputs) -> dict[str, torch.Tensor]:
+        """Integrate the flow ODE for the `noisy` modalities; the others stay clean at t = 0."""
+        schedulers = {"video": self.scheduler, "audio": self.audio_scheduler}
+        for m in noisy:
+            schedulers[m].set_timesteps(steps, device=self._execution_device)
+            schedulers[m].set_begin_index(0)
+        timesteps = schedulers[noisy[0]].timesteps
+        batch = x["video"].shape[0]
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, step_t in enumerate(timesteps):
+                # each scheduler's own sigma for this step (Heun repeats them, DPM rounds timesteps)
+                t = {m: torch.full((batch,), float(schedulers[m].sigmas[i]) if m in noisy else 0.0,
+                                   device=self._execution_device) for m in MEDIA}
+                x0 = self.predict_x0(x, t, prompts, guidance)
+                for m in noisy:
+                    v = x0_to_velocity(x[m], x0[m], t[m])
+                    x[m] = schedulers[m].step(v, step_t, x[m], return_dict=False)[0]
+                if callback is not None:
+                    x = self._run_callback(callback, callback_inputs, i, step_t, x)
+                progress.update()
+        return x
+
+    def _run_callback(self, callback, names, i, step_t, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        key = {"latents": "video", "audio_latents": "audio"}
+        unknown = [n for n in names if n not in key]
+        if unknown:
+            raise ValueError(f"callback tensor inputs {unknown} unknown; choose from {list(key)}")
+        returned = callback(self, i, step_t, {n: x[key[n]] for n in names}) or {}
+        return {**x, **{key[n]: v for n, v in returned.items() if n in key}}
+
+    def decode(self, x: dict[str, torch.Tensor], given: dict, video, audio, output_type: str):
+        """Tokens -> waveforms and frames; a given modality is passed through untouched."""
+        if output_type == "latent":
+            return x["video"], x["audio"]
+        batch = x["video"].shape[0]
+        frames = _batched(video, 4, batch, "video") if "video" in given else self.codec.decode_video(x["video"])
+        waves = _batched(audio, 1, batch, "audio") if "audio" in given else self.codec.decode_audio(x["audio"])
+        if output_type == "np":
+            return frames.cpu().numpy(), waves.cpu().numpy()
+        return frames, waves
+
+
+def _batched(x, sample_ndim: int, batch: int, name: str) -> torch.Tensor:
+    """An array for one sample (repeated over the batch) or for the whole batch -> float tensor."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+    if x.ndim == sample_ndim:
+        x = x[None].expand(batch, *x.shape)
+    if x.ndim != sample_ndim + 1 or x.shape[0] != batch:
+        raise ValueError(f"{name} must have {sample_ndim} dims (one sample) or {sample_ndim + 1} with batch "
+                         f"{batch}, got shape {tuple(x.shape)}")
+    return x
+
+
+# ============================================================================ library API
+@dataclass
+class GenerateSettings:
+    """Everything that decides a generated clip besides the weights (recorded in the sidecar)."""
+
+    prompt: str = ""
+    seed: int = 0
+    steps: int = 25
+    sampler: str = "euler"
+    guidance_scale: float = 4.0
+    audio_guidance_scale: float | None = None
+    modality_scale: float = 1.0
+    duration: float | None = None
+    num_clips: int = 1
+    device: str = "auto"
+    mode: str = "t2av"  # t2av | a2v | v2a
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def weights_file(weights_dir: Path) -> Path:
+    return Path(weights_dir) / "transformer" / "diffusion_pytorch_model.safetensors"
+
+
+def load_pipeline(weights_dir=DEFAULT_WEIGHTS, device: str = "auto", sampler: str = "euler",
+                  compile: bool = False) -> AVGenPipeline:
+    """A weights folder (as written by `AVGenPipeline.save_pretrained`) -> ready pipeline, offline."""
+    weights_dir = Path(weights_dir)
+    if not weights_file(weights_dir).is_file():
+        raise FileNotFoundError(f"no model weights at {weights_dir} (expected {weights_file(weights_dir)}); "
+                                "train one with `avgen train` and `avgen export RUN --out DIR`, then pass --weights DIR")
+    # fp32 whatever the stored dtype (exports may be fp16); the device decides compute precision
+    transformer = AVDiT.from_pretrained(weights_dir / "transformer", local_files_only=True, torch_dtype=torch.float32)
+    pipe = AVGenPipeline.from_transformer(transformer.eval(), sampler).to(resolve_device(device))
+    pipe.transformer = maybe_compile(pipe.transformer, compile)
+    return pipe
+
+
+def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=None) -> list[Clip]:
+    """Clips for `settings`; clip i uses seed `settings.seed + i` alone, so it does not depend on
+    how many clips are made together. `audio` (S,) / `video` (T, H, W, C) make it A2V / V2A."""
+    n = settings.num_clips
+    if n < 1:
+        raise ValueError(f"num_clips must be >= 1, got {n}")
+    pipe.set_sampler(settings.sampler)
+    generators = [torch.Generator("cpu").manual_seed(settings.seed + i) for i in range(n)]
+    out = pipe([settings.prompt] * n, duration_s=settings.duration, num_inference_steps=settings.steps,
+               guidance_scale=settings.guidance_scale, audio_guidance_scale=settings.audio_guidance_scale,
+               modality_scale=settings.modality_scale, generator=generators, audio=audio, video=video)
+    return [Clip(out.frames[i].astype(np.float32), out.audio[i].astype(np.float32), out.fps, out.sample_rate,
+                 prompt=settings.prompt, meta={"seed": settings.seed + i, "mode": settings.mode})
+            for i in range(n)]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    import diffusers
+    import torchaudio
+    import avgen
+
+    return {"avgen": avgen.__version__, "torch": torch.__version__, "torchaudio": torchaudio.__version__,
+            "diffusers": diffusers.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def output_paths(out: Path, n: int) -> list[Path]:
+    """clip.mp4 for one clip; clip_000.mp4, clip_001.mp4, ... for several."""
+    out = Path(out)
+    return [out] if n == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(n)]
+
+
+def write_outputs(clips: list[Clip], out, settings: GenerateSettings, weights_dir, device: str) -> list[Path]:
+    """Each clip as an mp4 (upscaled for viewing) plus a JSON sidecar that reproduces it."""
+    from avgen.data.io import write_mp4
+
+    weights = {"path": str(Path(weights_dir).resolve()), "sha256": sha256_file(weights_file(weights_dir))}
+    paths = output_paths(Path(out), len(clips))
+    for clip, path in zip(clips, paths):
+        write_mp4(clip, path)
+        sidecar = {"prompt": settings.prompt, "seed": clip.meta["seed"], "settings": settings.to_dict(),
+                   "device": device, "weights": weights, "versions": package_versions(),
+                   "fps": clip.fps, "sample_rate": clip.sample_rate, "num_frames": clip.num_frames}
+        path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return paths

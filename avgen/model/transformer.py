@@ -1,0 +1,295 @@
+"""AVDiT: one transformer that denoises video and audio tokens together.
+
+Sequence: [prompt tokens | video tokens | audio tokens]. Per stream (prompt / video / audio):
+input embedding, AdaLN-Zero modulation and FFN. Shared: the attention weights. Conditioning:
+video and audio tokens are modulated by their OWN noise level (t_video, t_audio), so one network
+serves text-to-AV, A2V (audio held at t = 0) and V2A; prompt tokens by a learned t-free vector.
+
+Time: every media token carries its time in seconds and rotary position embedding (RoPE) turns
+that time into a phase, so video token n and audio token n (the same instant) get the same
+rotation, and attention between them depends only on their time difference. Prompt tokens get
+no rotation; they carry a label embedding plus an ordinal embedding (first, second, ... event).
+
+Cross-modal path (see `Attention`): within-modality attention and video<->audio attention are two
+masked passes over the same q, k, v; the cross-modal output enters through a zero-initialised
+gate, so at initialisation the network is exactly two single-modality models sharing a prompt,
+and `cross_modal=False` (per call or per sample) closes that gate for the modality-guidance pass.
+
+The network predicts clean tokens x0 (JiT, "Back to Basics: Let Denoising Generative Models
+Denoise", Li & He 2025): 1024-dim video tokens through a 256-wide network is the bottleneck
+regime where x-prediction trains and eps/v-prediction does not. It knows nothing about noise
+schedules: `objective.py` and `pipeline.py` call it as a function.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from einops import rearrange
+from torch import nn
+
+from avgen.data.clip import ClipSpec
+from avgen.model.config import CodecConfig, ModelConfig, model_config
+
+STREAMS = ("prompt", "video", "audio")  # order of the joint sequence
+MEDIA = ("video", "audio")
+
+
+# ---------------------------------------------------------------------------- embeddings
+class TimestepEmbedder(nn.Module):
+    """Noise level t in [0, 1] -> vector (DiT): sinusoidal features of 1000 t, then an MLP."""
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256):
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.frequency_size // 2
+        freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = 1000 * t.float()[:, None] * freqs[None]  # (B, half)
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))  # (B, D)
+
+
+def rope_angles(times_s: torch.Tensor, head_dim: int, min_period_s: float, max_period_s: float) -> torch.Tensor:
+    """(L,) seconds -> (L, head_dim / 2) rotation angles; periods geometric in [min, max] seconds.
+
+    A function of time only: two tokens of the same instant get the same angles, whatever their
+    modality or index.
+    """
+    periods = torch.logspace(math.log10(min_period_s), math.log10(max_period_s), head_dim // 2,
+                             device=times_s.device, dtype=torch.float64)
+    return (times_s.double()[:, None] * (2 * math.pi / periods)[None]).float()  # (L, hd/2)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + hd/2) of x (B, H, L, hd) by angles (L, hd/2)."""
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (L, hd/2)
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, L, hd/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, L, hd)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def feed_forward(dim: int, mlp_ratio: float) -> nn.Sequential:
+    hidden = int(dim * mlp_ratio)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+# ---------------------------------------------------------------------------- sequence layout
+@dataclass
+class Layout:
+    """Where each stream sits in the joint sequence, and the masks every block shares."""
+
+    lengths: dict[str, int]  # stream -> token count
+    rope: torch.Tensor  # (L, hd/2) angles; zero (identity) for prompt tokens
+    self_mask: torch.Tensor  # (B, 1, L, L) bool: prompt->prompt, media->prompt + same modality
+    cross_mask: torch.Tensor  # (1, 1, M, M) bool over media tokens: video <-> audio only
+    cross_keep: torch.Tensor  # (B, 1, 1) 1.0 where the cross-modal path is open for that sample
+
+    @property
+    def num_prompt(self) -> int:
+        return self.lengths["prompt"]
+
+    def per_token(self, per_stream: dict[str, torch.Tensor], streams=STREAMS) -> torch.Tensor:
+        """{stream: (B, C)} -> (B, L_streams, C): each stream's vector repeated over its tokens."""
+        return torch.cat([per_stream[s][:, None].expand(-1, self.lengths[s], -1) for s in streams], dim=1)
+
+    def split(self, x: torch.Tensor, streams=STREAMS) -> dict[str, torch.Tensor]:
+        return dict(zip(streams, x.split([self.lengths[s] for s in streams], dim=1)))
+
+
+def build_layout(prompt_valid: torch.Tensor, num_media: int, times_s: torch.Tensor, head_dim: int,
+                 cross_modal: bool | torch.Tensor, min_period_s: float, max_period_s: float) -> Layout:
+    """Masks and RoPE angles for [prompt (P) | video (N) | audio (N)] tokens."""
+    batch, num_prompt = prompt_valid.shape
+    device = prompt_valid.device
+    lengths = {"prompt": num_prompt, "video": num_media, "audio": num_media}
+    stream_id = torch.cat([torch.full((n,), i, device=device) for i, n in enumerate(lengths.values())])  # (L,)
+    same = stream_id[:, None] == stream_id[None, :]  # (L, L)
+    to_prompt = (stream_id == 0)[None, :].expand_as(same)  # (L, L): every query may read the prompt
+    key_valid = torch.cat([prompt_valid, prompt_valid.new_ones(batch, 2 * num_media)], dim=1)  # (B, L)
+    self_mask = ((same | to_prompt)[None] & key_valid[:, None, :])[:, None]  # (B, 1, L, L)
+    media_id = stream_id[num_prompt:]  # (M,)
+    cross_mask = (media_id[:, None] != media_id[None, :])[None, None]  # (1, 1, M, M)
+    keep = torch.as_tensor(cross_modal, device=device).float().reshape(-1, 1, 1).expand(batch, 1, 1)  # (B, 1, 1)
+    media_angles = rope_angles(times_s.to(device), head_dim, min_period_s, max_period_s)  # (N, hd/2)
+    rope = torch.cat([media_angles.new_zeros(num_prompt, head_dim // 2), media_angles, media_angles])  # (L, hd/2)
+    return Layout(lengths, rope, self_mask, cross_mask, keep)
+
+
+# ---------------------------------------------------------------------------- blocks
+class Attention(nn.Module):
+    """Shared-weight joint attention with a separately gated cross-modal pass.
+
+    Why two passes rather than one softmax over all tokens with a learned logit bias: a softmax over
+    the joint key set renormalises, so video tokens would depend on audio tokens even with a zero
+    bias, and the path could not start at exactly zero or be switched off exactly. Here the first pass
+    sees [prompt + own modality] (an exact single-modality model), the second sees only the other
+    modality, and its output is scaled by a zero-initialised per-channel gate (and by 0 for samples
+    with `cross_modal=False`). The extra pass is cheap: attention is ~10% of the FLOPs at ~100 tokens.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        # QK-norm keeps attention logits bounded (long training, bf16 on the device machine)
+        self.q_norm = nn.RMSNorm(dim // num_heads, eps=1e-6)
+        self.k_norm = nn.RMSNorm(dim // num_heads, eps=1e-6)
+        self.proj = nn.Linear(dim, dim)
+        self.cross_gate = nn.ParameterDict({s: nn.Parameter(torch.zeros(dim)) for s in MEDIA})
+
+    def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
+        q, k = apply_rope(self.q_norm(q), layout.rope), apply_rope(self.k_norm(k), layout.rope)  # (B, H, L, hd)
+        own = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.self_mask)  # (B, H, L, hd)
+        p = layout.num_prompt
+        cross = F.scaled_dot_product_attention(q[:, :, p:], k[:, :, p:], v[:, :, p:],
+                                               attn_mask=layout.cross_mask)  # (B, H, M, hd)
+        own = rearrange(own, "b h l d -> b l (h d)")  # (B, L, D)
+        cross = rearrange(cross, "b h m d -> b m (h d)")  # (B, M, D)
+        gate = layout.per_token({s: g.expand(x.shape[0], -1) for s, g in self.cross_gate.items()}, MEDIA)  # (B, M, D)
+        media = own[:, p:] + gate.to(cross.dtype) * layout.cross_keep.to(cross.dtype) * cross  # (B, M, D)
+        return self.proj(torch.cat([own[:, :p], media], dim=1))  # (B, L, D)
+
+
+class AVDiTBlock(nn.Module):
+    """DiT block with AdaLN-Zero and FFNs per stream, attention shared across streams."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ffn = nn.ModuleDict({s: feed_forward(dim, mlp_ratio) for s in STREAMS})
+        self.ada = nn.ModuleDict({s: nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) for s in STREAMS})
+
+    def forward(self, x: torch.Tensor, cond: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
+        mod = layout.per_token({s: self.ada[s](cond[s]) for s in STREAMS})  # (B, L, 6D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # (B, L, D) each
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), layout)  # (B, L, D)
+        h = layout.split(modulate(self.norm2(x), shift2, scale2))  # {stream: (B, L_s, D)}
+        return x + gate2 * torch.cat([self.ffn[s](h[s]) for s in STREAMS], dim=1)  # (B, L, D)
+
+
+class FinalLayer(nn.Module):
+    """AdaLN (shift, scale) + linear map back to one modality's token size."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(cond)[:, None].chunk(2, dim=-1)  # (B, 1, D) each
+        return self.linear(modulate(self.norm(x), shift, scale))  # (B, N, out_dim)
+
+
+# ---------------------------------------------------------------------------- the model
+class AVDiT(ModelMixin, ConfigMixin):
+    """Joint audio-video diffusion transformer predicting clean tokens (x0) for both modalities.
+
+    `clip_spec`, `codec` and `vocab` are stored in the config so that a saved folder rebuilds the
+    codec and the prompt vocabulary (see config.py); the network reads only `len(vocab)`.
+    """
+
+    @register_to_config
+    def __init__(self, video_dim: int, audio_dim: int, vocab: tuple[str, ...] | list[str] = tuple("0123456789"),
+                 max_events: int = 3, hidden_size: int = 256, depth: int = 6, num_heads: int = 4,
+                 mlp_ratio: float = 4.0, rope_min_period_s: float = 0.125, rope_max_period_s: float = 32.0,
+                 token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None):
+        super().__init__()
+        ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s)  # validates
+        d = hidden_size
+        self.head_dim = d // num_heads
+        self.embed = nn.ModuleDict({"video": nn.Linear(video_dim, d), "audio": nn.Linear(audio_dim, d)})
+        self.label_embed = nn.Embedding(len(vocab), d)
+        self.ordinal_embed = nn.Embedding(max_events, d)
+        self.null_token = nn.Parameter(torch.zeros(d))  # the whole prompt of an unconditional sample
+        self.prompt_cond = nn.Parameter(torch.zeros(d))  # t-independent AdaLN input of prompt tokens
+        self.t_embed = TimestepEmbedder(d)
+        self.blocks = nn.ModuleList([AVDiTBlock(d, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final = nn.ModuleDict({"video": FinalLayer(d, video_dim), "audio": FinalLayer(d, audio_dim)})
+        self.initialize_weights()
+
+    @classmethod
+    def from_preset(cls, preset: str | ModelConfig, spec: ClipSpec, vocab, max_events: int,
+                    codec: CodecConfig | None = None, **overrides) -> "AVDiT":
+        """A fresh model for clips of `spec` tokenised by `codec`, sized by a named preset."""
+        from avgen.model.codec import AVCodec
+
+        cfg = model_config(preset, **overrides)
+        tokens = AVCodec(spec, codec)
+        return cls(video_dim=tokens.dims["video"], audio_dim=tokens.dims["audio"], vocab=list(vocab),
+                   max_events=max_events, token_seconds=tokens.cfg.frames_per_token / spec.fps,
+                   clip_spec=spec.to_dict(), codec=tokens.cfg.to_dict(), **cfg.to_dict())
+
+    def initialize_weights(self) -> None:
+        """All initialisation in one place (DiT): xavier linears, small embeddings, and zero for
+        every AdaLN modulation, every output layer and every cross-modal gate (paths that start at 0)."""
+        def xavier(m):
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.apply(xavier)
+        for emb in (self.label_embed.weight, self.ordinal_embed.weight, self.null_token, self.prompt_cond):
+            nn.init.normal_(emb, std=0.02)
+        for layer in self.t_embed.mlp[0::2]:
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in self.blocks:
+            for ada in block.ada.values():
+                nn.init.zeros_(ada[-1].weight)
+                nn.init.zeros_(ada[-1].bias)
+            for gate in block.attn.cross_gate.values():
+                nn.init.zeros_(gate)
+        for final in self.final.values():
+            for layer in (final.ada[-1], final.linear):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def default_token_times(self, num_tokens: int, device) -> torch.Tensor:
+        """(N,) centre of each token in seconds (the codec's `token_times`, from the stored rate)."""
+        return (torch.arange(num_tokens, device=device, dtype=torch.float32) + 0.5) * self.config.token_seconds
+
+    def embed_prompt(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label + ordinal embeddings; a row with no valid label becomes the single null token."""
+        positions = torch.arange(prompt_ids.shape[1], device=prompt_ids.device)  # (P,)
+        tokens = self.label_embed(prompt_ids) + self.ordinal_embed(positions)[None]  # (B, P, D)
+        is_null = ~prompt_mask.any(dim=1)  # (B,)
+        first = torch.where(is_null[:, None], self.null_token[None].to(tokens.dtype), tokens[:, 0])  # (B, D)
+        tokens = torch.cat([first[:, None], tokens[:, 1:]], dim=1)  # (B, P, D)
+        valid = torch.cat([(prompt_mask[:, 0] | is_null)[:, None], prompt_mask[:, 1:]], dim=1)  # (B, P)
+        return tokens, valid
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, t_video: torch.Tensor, t_audio: torch.Tensor,
+                prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cross_modal: bool | torch.Tensor = True,
+                token_times: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Noisy tokens at their own noise levels -> predicted clean tokens {video, audio}.
+
+        video (B, N, Dv), audio (B, N, Da), t_video / t_audio (B,) in [0, 1] (0 = clean),
+        prompt_ids (B, P) long, prompt_mask (B, P) bool (all False = null prompt),
+        cross_modal: bool or (B,) bool, token_times: (N,) seconds (default: token centres).
+        """
+        batch, num_tokens = video.shape[:2]
+        if audio.shape[1] != num_tokens:
+            raise ValueError(f"video has {num_tokens} tokens and audio {audio.shape[1]}: one token per frame each")
+        times = self.default_token_times(num_tokens, video.device) if token_times is None else token_times  # (N,)
+        prompt, prompt_valid = self.embed_prompt(prompt_ids, prompt_mask.bool())  # (B, P, D), (B, P)
+        layout = build_layout(prompt_valid, num_tokens, times, self.head_dim, cross_modal,
+                              self.config.rope_min_period_s, self.config.rope_max_period_s)
+        cond = {"prompt": self.prompt_cond[None].repeat(batch, 1),  # (B, D)
+                "video": self.t_embed(t_video),  # (B, D)
+                "audio": self.t_embed(t_audio)}  # (B, D)
+        x = torch.cat([prompt, self.embed["video"](video), self.embed["audio"](audio)], dim=1)  # (B, P + 2N, D)
+        for block in self.blocks:
+            x = block(x, cond, layout)  # (B, P + 2N, D)
+        out = layout.split(x)  # {stream: (B, L_s, D)}
+        return {m: self.final[m](out[m], cond[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}

@@ -1,0 +1,139 @@
+"""Rectified-flow objective: time sampling, prompts, the loss, and that it trains."""
+import numpy as np
+import pytest
+import torch
+
+from avgen.data import make_dataset
+from avgen.data.clip import ClipSpec
+from avgen.model.codec import AVCodec
+from avgen.model.objective import (ObjectiveConfig, add_noise, encode_prompts, sample_times, training_loss,
+                                   x0_to_velocity)
+from avgen.model.transformer import AVDiT
+
+SPEC = ClipSpec(duration=1.0)
+
+
+def gens(indices) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(1000 + i) for i in indices]
+
+
+@pytest.fixture(scope="module")
+def shapes_batch():
+    ds = make_dataset("shapes", split="train", seed=0, spec=SPEC)
+    clips = [ds[i] for i in range(4)]
+    frames = torch.from_numpy(np.stack([c.frames for c in clips]))
+    audio = torch.from_numpy(np.stack([c.audio for c in clips]))
+    ids, mask = encode_prompts([c.prompt.split() for c in clips], ds.vocab, ds.max_events)
+    return ds, frames, audio, ids, mask
+
+
+def tiny_model(vocab) -> AVDiT:
+    torch.manual_seed(0)
+    return AVDiT.from_preset("AVDiT-T", SPEC, vocab, 3)
+
+
+def test_sample_times_distribution():
+    t = sample_times(20_000, torch.Generator().manual_seed(0))
+    v, a = t["video"], t["audio"]
+    assert v.shape == a.shape == (20_000,)
+    assert float(v.min()) >= 0 and float(v.max()) < 1
+    assert not bool(((v == 0) & (a == 0)).any())  # never both clean
+    assert float((v == 0).float().mean()) == pytest.approx(0.15, abs=0.01)
+    assert float((a == 0).float().mean()) == pytest.approx(0.15, abs=0.01)
+    noisy = v[v > 0]
+    assert float(torch.logit(noisy).mean()) == pytest.approx(0.0, abs=0.05)  # logit-normal(0, 1)
+    assert float(torch.logit(noisy).std()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_per_sample_generators_make_draws_independent_of_the_batch():
+    both = sample_times(2, gens([0, 1]))
+    alone = sample_times(1, gens([1]))
+    assert torch.equal(both["video"][1:], alone["video"]) and torch.equal(both["audio"][1:], alone["audio"])
+
+
+def test_encode_prompts():
+    ids, mask = encode_prompts([["3", "1", "4"], ["7"], []], tuple("0123456789"), 3)
+    assert ids.tolist() == [[3, 1, 4], [7, 0, 0], [0, 0, 0]]
+    assert mask.tolist() == [[True] * 3, [True, False, False], [False] * 3]
+    with pytest.raises(ValueError, match="unknown"):
+        encode_prompts([["3", "x"]], tuple("0123456789"), 3)
+    with pytest.raises(ValueError, match="events"):
+        encode_prompts([["1", "2", "3", "4"]], tuple("0123456789"), 3)
+
+
+def test_velocity_loss_is_a_weighted_x0_loss():
+    g = torch.Generator().manual_seed(0)
+    x0, noise, x0_pred = (torch.randn(3, 5, 7, generator=g) for _ in range(3))
+    t = torch.tensor([0.9, 0.3, 0.02])
+    x_t = add_noise(x0, noise, t)
+    assert torch.allclose(x_t[0], 0.1 * x0[0] + 0.9 * noise[0])
+    v_err = x0_to_velocity(x_t, x0_pred, t, t_min=0.05) - (noise - x0)
+    expected = (x0 - x0_pred) / torch.tensor([0.9, 0.3, 0.05]).view(3, 1, 1)
+    assert torch.allclose(v_err[:2], expected[:2], atol=1e-5)  # exact where t >= t_min
+    assert torch.allclose(x0_to_velocity(x_t, x0, t), noise - x0, atol=1e-4)  # a perfect x0 gives v
+
+
+def test_training_loss_stats(shapes_batch):
+    ds, frames, audio, ids, mask = shapes_batch
+    model = tiny_model(ds.vocab)
+    loss, stats = training_loss(model, AVCodec(SPEC), frames, audio, ids, mask, gens(range(4)))
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.requires_grad
+    assert set(stats) == {"loss", "loss_video", "loss_audio"}
+    assert stats["loss"] == pytest.approx(float(loss.detach()))
+
+
+class CleanSaboteur(torch.nn.Module):
+    """Predicts an absurd x0 for a modality exactly when it is held clean (t = 0), zero otherwise."""
+
+    def forward(self, video, audio, t_video, t_audio, prompt_ids, prompt_mask, cross_modal=True):
+        bad = lambda x, t: torch.where(t.view(-1, 1, 1) == 0, torch.full_like(x, 1e6), torch.zeros_like(x))  # noqa: E731
+        return {"video": bad(video, t_video), "audio": bad(audio, t_audio)}
+
+
+def test_a_modality_held_clean_contributes_no_loss(shapes_batch):
+    ds, frames, audio, ids, mask = shapes_batch
+    cfg = ObjectiveConfig(p_clean=0.5)  # every sample holds exactly one modality clean
+    t = sample_times(4, gens(range(4)), cfg)  # the same first draws training_loss makes
+    assert int(((t["video"] == 0) | (t["audio"] == 0)).sum()) == 4
+    loss, stats = training_loss(CleanSaboteur(), AVCodec(SPEC), frames, audio, ids, mask, gens(range(4)), cfg)
+    assert float(loss) < 1e3  # a counted clean modality would add ~(1e6 / t_min)^2
+    for m in ("video", "audio"):
+        assert (stats[f"loss_{m}"] > 0) == bool((t[m] > 0).any())
+
+
+def test_loss_splits_over_processes_like_one_batch(shapes_batch):
+    """Per-sample generators keyed by the sample index: two half batches average to the full batch
+    (what DDP over 2 processes computes), so training does not depend on the number of processes."""
+    ds, frames, audio, ids, mask = shapes_batch
+    model, codec = tiny_model(ds.vocab), AVCodec(SPEC)
+    with torch.no_grad():
+        full, _ = training_loss(model, codec, frames, audio, ids, mask, gens(range(4)))
+        halves = [training_loss(model, codec, frames[s], audio[s], ids[s], mask[s], gens(range(4))[s])[0]
+                  for s in (slice(0, 2), slice(2, 4))]
+    assert float(full) == pytest.approx(float(sum(halves) / 2), rel=1e-5)
+
+
+def test_same_generator_same_loss(shapes_batch):
+    ds, frames, audio, ids, mask = shapes_batch
+    model, codec = tiny_model(ds.vocab), AVCodec(SPEC)
+    with torch.no_grad():
+        a = training_loss(model, codec, frames, audio, ids, mask, torch.Generator().manual_seed(7))[0]
+        b = training_loss(model, codec, frames, audio, ids, mask, torch.Generator().manual_seed(7))[0]
+        c = training_loss(model, codec, frames, audio, ids, mask, torch.Generator().manual_seed(8))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.slow  # ~5 s on an idle machine, 20 s on a busy one
+def test_loss_falls_on_a_fixed_batch(shapes_batch):
+    """30 AdamW steps on 4 fixed shapes clips (same noise and times every step) lower the loss."""
+    ds, frames, audio, ids, mask = shapes_batch
+    model, codec = tiny_model(ds.vocab), AVCodec(SPEC)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    losses = []
+    for _ in range(30):
+        loss, stats = training_loss(model, codec, frames, audio, ids, mask, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(stats["loss"])
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses

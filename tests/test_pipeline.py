@@ -1,0 +1,183 @@
+"""AVGenPipeline and the generate library/CLI: shapes, samplers, guidance batching, A2V / V2A,
+determinism, save/load, sidecars."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from avgen.data.clip import ClipSpec
+from avgen.model.pipeline import (SAMPLERS, AVGenPipeline, GenerateSettings, Guidance, generate, load_pipeline,
+                                  write_outputs)
+from avgen.model.transformer import AVDiT
+
+SPEC = ClipSpec(duration=1.0)  # 16 frames, 8000 samples
+
+
+def tiny_pipeline(sampler: str = "euler") -> AVGenPipeline:
+    torch.manual_seed(0)
+    model = AVDiT.from_preset("AVDiT-T", SPEC, tuple("0123456789"), 3)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights everywhere (gates too), so every path is exercised
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    pipe = AVGenPipeline.from_transformer(model.eval(), sampler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline()
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class ForwardSpy:
+    """Records the batch size and inputs of every transformer call."""
+
+    def __init__(self, pipe: AVGenPipeline, monkeypatch):
+        self.calls, self.forward = [], pipe.transformer.forward
+        monkeypatch.setattr(pipe.transformer, "forward", self)
+
+    def __call__(self, video, audio, t_video, t_audio, prompt_ids, prompt_mask, cross_modal=True, **kw):
+        self.calls.append(dict(video=video.clone(), audio=audio.clone(), t_video=t_video.clone(),
+                               t_audio=t_audio.clone(), mask=prompt_mask.clone(), cross=cross_modal))
+        return self.forward(video, audio, t_video, t_audio, prompt_ids, prompt_mask, cross_modal=cross_modal, **kw)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_output_shapes_for_every_sampler(sampler):
+    pipe = tiny_pipeline(sampler)
+    out = pipe(["3 1", "7"], num_inference_steps=3, generator=[seeded(0), seeded(1)])
+    assert out.frames.shape == (2, 16, 32, 32, 1) and out.audio.shape == (2, 8000)
+    assert out.fps == 16 and out.sample_rate == 8000
+    assert isinstance(out.frames, np.ndarray) and 0 <= out.frames.min() and out.frames.max() <= 1
+    assert np.isfinite(out.audio).all()
+
+
+def test_output_types_and_duration(pipe):
+    frames, audio = pipe("3", num_inference_steps=2, generator=seeded(), output_type="pt", return_dict=False)
+    assert isinstance(frames, torch.Tensor) and frames.shape == (1, 16, 32, 32, 1)
+    latents = pipe("3", num_inference_steps=2, generator=seeded(), output_type="latent")
+    assert latents.frames.shape == (1, 16, 1024) and latents.audio.shape == (1, 16, 516)
+    longer = pipe("3", duration_s=2.0, num_inference_steps=2, generator=seeded())
+    assert longer.frames.shape[1] == 32 and longer.audio.shape[1] == 16000
+
+
+def test_same_seed_same_clip_and_batch_independence(pipe):
+    a = pipe("3 1", num_inference_steps=3, generator=seeded(5))
+    b = pipe("3 1", num_inference_steps=3, generator=seeded(5))
+    c = pipe("3 1", num_inference_steps=3, generator=seeded(6))
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    assert not np.array_equal(a.frames, c.frames)
+    both = pipe(["3 1", "3 1"], num_inference_steps=3, generator=[seeded(6), seeded(5)])
+    assert np.allclose(both.frames[1], a.frames[0], atol=1e-5)
+
+
+def test_all_guidance_passes_run_as_one_forward_per_step(pipe, monkeypatch):
+    spy = ForwardSpy(pipe, monkeypatch)
+    pipe(["3", "4 5"], num_inference_steps=4, guidance_scale=3.0, modality_scale=2.0,
+         generator=[seeded(0), seeded(1)])
+    assert len(spy.calls) == 4
+    call = spy.calls[0]
+    assert call["video"].shape[0] == 6  # cond, uncond, no-cross-modal for a batch of 2
+    assert call["cross"].tolist() == [True] * 4 + [False] * 2
+    assert call["mask"][2:4].sum() == 0 and call["mask"][:2].sum() == 3  # uncond rows: null prompt
+    spy.calls.clear()
+    pipe("3", num_inference_steps=2, guidance_scale=1.0, modality_scale=1.0, generator=seeded())
+    assert [c["video"].shape[0] for c in spy.calls] == [1, 1]  # no guidance: a single pass
+
+
+def test_guidance_combination():
+    cond, uncond, nocross = (torch.full((1, 2, 3), v) for v in (1.0, 0.0, 0.5))
+    x0 = {"cond": {"video": cond, "audio": cond}, "uncond": {"video": uncond, "audio": uncond},
+          "nocross": {"video": nocross, "audio": nocross}}
+    out = Guidance(video=3.0, audio=2.0, modality_video=1.0, modality_audio=3.0).combine(x0)
+    assert torch.allclose(out["video"], torch.full_like(cond, 3.0))  # 1 + 2 * (1 - 0)
+    assert torch.allclose(out["audio"], torch.full_like(cond, 3.0))  # 1 + 1 * 1 + 2 * (1 - 0.5)
+    off = Guidance(1.0, 1.0, 1.0, 1.0)
+    assert not off.needs_uncond and not off.needs_nocross
+    assert torch.equal(off.combine({"cond": x0["cond"]})["video"], cond)
+
+
+def test_audio_to_video_holds_audio_fixed(pipe, monkeypatch):
+    given = (0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.float32)
+    spy = ForwardSpy(pipe, monkeypatch)
+    out = pipe("3", audio=given, num_inference_steps=3, generator=seeded(), modality_scale=2.0)
+    assert np.array_equal(out.audio[0], given)  # bit-identical
+    clean = pipe.codec.encode_audio(torch.from_numpy(given)[None])
+    for call in spy.calls:  # every pass of every step saw the clean audio at t = 0
+        assert torch.equal(call["t_audio"], torch.zeros_like(call["t_audio"]))
+        assert torch.equal(call["audio"], clean.expand_as(call["audio"]))
+        assert (call["t_video"] > 0).all()
+    t2av = pipe("3", num_inference_steps=3, generator=seeded())
+    assert not np.array_equal(out.frames, t2av.frames)  # the picture depends on the given sound
+
+
+def test_video_to_audio_holds_video_fixed(pipe, monkeypatch):
+    given = np.random.default_rng(0).random((16, 32, 32, 1)).astype(np.float32)
+    spy = ForwardSpy(pipe, monkeypatch)
+    out = pipe("3", video=given, num_inference_steps=3, generator=seeded())
+    assert np.array_equal(out.frames[0], given)
+    assert all(torch.equal(c["t_video"], torch.zeros_like(c["t_video"])) for c in spy.calls)
+    assert out.audio.shape == (1, 8000) and np.abs(out.audio).max() > 0
+
+
+def test_bad_requests_raise(pipe):
+    with pytest.raises(ValueError, match="unknown label"):
+        pipe("3 x", num_inference_steps=1)
+    with pytest.raises(ValueError, match="not both"):
+        pipe("3", audio=np.zeros(8000), video=np.zeros((16, 32, 32, 1)), num_inference_steps=1)
+    with pytest.raises(ValueError, match="tokens"):
+        pipe("3", audio=np.zeros(4000, np.float32), num_inference_steps=1)
+    with pytest.raises(ValueError, match="sampler"):
+        pipe.set_sampler("ddim")
+
+
+def test_callback_sees_and_can_replace_latents(pipe):
+    seen = []
+
+    def callback(p, i, t, tensors):
+        seen.append((i, tuple(tensors["latents"].shape)))
+        return {"audio_latents": torch.zeros_like(tensors["audio_latents"])}
+
+    out = pipe("3", num_inference_steps=2, generator=seeded(), callback_on_step_end=callback, output_type="latent")
+    assert seen == [(0, (1, 16, 1024)), (1, (1, 16, 1024))]
+    assert torch.equal(out.audio, torch.zeros_like(out.audio))
+
+
+def test_save_load_gives_the_same_clip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    loaded = AVGenPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    a = pipe("3 1", num_inference_steps=2, generator=seeded(3))
+    b = loaded("3 1", num_inference_steps=2, generator=seeded(3))
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    assert load_pipeline(tmp_path, device="cpu").codec.spec == SPEC
+
+
+def test_generate_writes_mp4_and_sidecar(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "w")
+    settings = GenerateSettings(prompt="3 1", seed=4, steps=2, num_clips=2)
+    clips = generate(pipe, settings)
+    assert [c.meta["seed"] for c in clips] == [4, 5] and clips[0].frames.shape == (16, 32, 32, 1)
+    paths = write_outputs(clips, tmp_path / "out" / "clip.mp4", settings, tmp_path / "w", "cpu")
+    assert [p.name for p in paths] == ["clip_000.mp4", "clip_001.mp4"] and all(p.stat().st_size > 0 for p in paths)
+    meta = json.loads(paths[1].with_suffix(".json").read_text())
+    assert meta["seed"] == 5 and meta["prompt"] == "3 1" and meta["settings"]["steps"] == 2
+    assert len(meta["weights"]["sha256"]) == 64 and "torch" in meta["versions"]
+
+
+def test_cli_generate(pipe, tmp_path, capsys):
+    from avgen.cli import main
+    pipe.save_pretrained(tmp_path / "w")
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", "3 1", "--out", str(out), "--weights", str(tmp_path / "w"), "--steps", "2",
+                 "--device", "cpu"]) == 0
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["settings"]["sampler"] == "euler"
+    assert main(["generate", "3", "--out", str(out), "--weights", str(tmp_path / "missing")]) == 2
+    assert "no model weights" in capsys.readouterr().err
+    assert main(["generate", "3 x", "--out", str(out), "--weights", str(tmp_path / "w")]) == 2

@@ -1,0 +1,170 @@
+"""AVDiT: shapes, shared clock, cross-modal switch, prompt handling, save/load, determinism."""
+import pytest
+import torch
+
+from avgen.data.clip import ClipSpec
+from avgen.model.config import MODEL_PRESETS, model_config
+from avgen.model.transformer import AVDiT, apply_rope, build_layout, rope_angles
+
+SPEC = ClipSpec(duration=1.0)  # 16 tokens per modality keeps these tests fast
+VOCAB = tuple("0123456789")
+
+
+def tiny(seed: int = 0, **overrides) -> AVDiT:
+    torch.manual_seed(seed)
+    return AVDiT.from_preset("AVDiT-T", SPEC, VOCAB, max_events=3, **overrides).eval()
+
+
+def randomised(model: AVDiT, seed: int = 1, skip: str | None = None) -> AVDiT:
+    """Give every parameter (zero-initialised ones too) a random value, except names containing `skip`."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if skip is None or skip not in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def inputs(batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n = SPEC.num_frames
+    return dict(video=torch.randn(batch, n, 1024, generator=g), audio=torch.randn(batch, n, 516, generator=g),
+                t_video=torch.rand(batch, generator=g), t_audio=torch.rand(batch, generator=g),
+                prompt_ids=torch.tensor([[3, 1, 4], [7, 0, 0]])[:batch],
+                prompt_mask=torch.tensor([[True, True, True], [True, False, False]])[:batch])
+
+
+def test_shapes_and_zero_init():
+    model = tiny()
+    with torch.no_grad():
+        out = model(**inputs())
+    assert out["video"].shape == (2, 16, 1024) and out["audio"].shape == (2, 16, 516)
+    # AdaLN-Zero + zero output layers: a fresh model predicts exactly zero
+    assert all(float(x.abs().max()) == 0.0 for x in out.values())
+    with torch.no_grad():
+        out = randomised(model)(**inputs())
+    assert all(torch.isfinite(x).all() and x.abs().max() > 0 for x in out.values())
+
+
+def test_presets_and_overrides():
+    assert set(MODEL_PRESETS) >= {"AVDiT-T", "AVDiT-S", "AVDiT-B"}
+    assert model_config("AVDiT-S").hidden_size == 256 and model_config("AVDiT-B").depth == 8
+    assert model_config("AVDiT-S", depth=2).depth == 2
+    with pytest.raises(ValueError):
+        model_config("AVDiT-XXL")
+    with pytest.raises(ValueError):
+        model_config("AVDiT-S", widht=3)
+
+
+def test_rope_is_a_function_of_time_shared_by_both_modalities():
+    times = (torch.arange(16) + 0.5) / 16
+    layout = build_layout(torch.ones(1, 3, dtype=torch.bool), 16, times, head_dim=32, cross_modal=True,
+                          min_period_s=0.125, max_period_s=32.0)
+    video_phase, audio_phase = layout.rope[3:19], layout.rope[19:35]
+    assert torch.equal(video_phase, audio_phase)  # token n of each modality: same instant, same phase
+    assert torch.equal(layout.rope[:3], torch.zeros(3, 16))  # prompt tokens are not rotated
+    assert not torch.equal(video_phase[0], video_phase[1])
+    # attention between rotated vectors depends only on the time difference
+    q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)
+
+    def score(tq: float, tk: float) -> float:
+        angles = lambda t: rope_angles(torch.tensor([t]), 32, 0.125, 32.0)  # noqa: E731
+        return float((apply_rope(q, angles(tq)) * apply_rope(k, angles(tk))).sum())
+
+    assert score(0.5, 0.25) == pytest.approx(score(2.0, 1.75), abs=1e-4)
+    assert score(0.5, 0.25) != pytest.approx(score(0.5, 0.5), abs=1e-3)
+
+
+def test_model_uses_seconds_not_indices():
+    """Token times come from the stored token duration: a 2-frames-per-token model rotates token n
+    by the angles of time (n + 0.5) * 2 / fps."""
+    from avgen.model.config import CodecConfig
+    model = AVDiT.from_preset("AVDiT-T", SPEC, VOCAB, 3, codec=CodecConfig(frames_per_token=2))
+    assert model.config.token_seconds == pytest.approx(2 / 16)
+    assert torch.allclose(model.default_token_times(3, "cpu"), torch.tensor([1, 3, 5]) / 16)
+
+
+def test_cross_modal_false_blocks_information():
+    model = randomised(tiny())
+    x = inputs()
+    changed = dict(x, audio=x["audio"] + torch.randn_like(x["audio"]))
+    with torch.no_grad():
+        open_a, open_b = model(**x)["video"], model(**changed)["video"]
+        assert (open_a - open_b).abs().max() > 1e-3  # the path exists and is used when open
+        closed_a = model(**x, cross_modal=False)["video"]
+        closed_b = model(**changed, cross_modal=False)["video"]
+        assert torch.equal(closed_a, closed_b)
+        # per-sample switch: sample 0 open, sample 1 closed
+        per = torch.tensor([True, False])
+        mixed_a, mixed_b = model(**x, cross_modal=per)["video"], model(**changed, cross_modal=per)["video"]
+        assert (mixed_a[0] - mixed_b[0]).abs().max() > 1e-3
+        assert torch.equal(mixed_a[1], mixed_b[1])
+        # and the other direction: video does not reach audio when closed
+        moved = dict(x, video=x["video"] + 1.0)
+        assert torch.equal(model(**x, cross_modal=False)["audio"], model(**moved, cross_modal=False)["audio"])
+
+
+def test_cross_modal_path_starts_at_zero():
+    """With the cross-modal gates at their initial zero, audio cannot influence video even when open."""
+    model = randomised(tiny(), skip="cross_gate")
+    x = inputs()
+    with torch.no_grad():
+        a = model(**x)["video"]
+        b = model(**dict(x, audio=torch.randn_like(x["audio"])))["video"]
+    assert torch.equal(a, b)
+
+
+def test_prompt_padding_is_ignored_and_null_prompt_differs():
+    model = randomised(tiny())
+    x = inputs()
+    with torch.no_grad():
+        base = model(**x)
+        garbage = dict(x, prompt_ids=x["prompt_ids"].clone())
+        garbage["prompt_ids"][1, 1:] = torch.tensor([9, 8])  # masked-out slots of sample 1
+        assert torch.equal(model(**garbage)["video"][1], base["video"][1])
+        null = dict(x, prompt_mask=torch.zeros_like(x["prompt_mask"]))
+        assert (model(**null)["video"] - base["video"]).abs().max() > 1e-3
+        order = dict(x, prompt_ids=torch.tensor([[4, 1, 3], [7, 0, 0]]))  # ordinal embedding: order matters
+        assert (model(**order)["video"][0] - base["video"][0]).abs().max() > 1e-3
+
+
+def test_each_modality_is_modulated_by_its_own_noise_level():
+    model = randomised(tiny())
+    x = inputs()
+    with torch.no_grad():
+        base = model(**x)
+        other = model(**dict(x, t_audio=x["t_audio"] * 0.5))
+    # with the cross path closed, changing t_audio only changes the audio prediction
+    with torch.no_grad():
+        closed = model(**x, cross_modal=False)
+        closed_t = model(**dict(x, t_audio=x["t_audio"] * 0.5), cross_modal=False)
+    assert (base["audio"] - other["audio"]).abs().max() > 1e-3
+    assert torch.equal(closed["video"], closed_t["video"])
+
+
+def test_save_load_round_trip(tmp_path):
+    model = randomised(tiny())
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = AVDiT.from_pretrained(tmp_path, local_files_only=True).eval()
+    stored = lambda cfg: {k: v for k, v in cfg.items() if k != "_name_or_path"}  # noqa: E731
+    assert stored(loaded.config) == stored(model.config)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        assert all(torch.equal(u, v) for u, v in zip(model(**inputs()).values(), loaded(**inputs()).values()))
+    assert loaded.config.clip_spec == SPEC.to_dict() and list(loaded.config.vocab) == list(VOCAB)
+
+
+def test_same_seed_same_model_same_output():
+    a, b = tiny(seed=3), tiny(seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    randomised(a, seed=5), randomised(b, seed=5)
+    with torch.no_grad():
+        assert torch.equal(a(**inputs())["audio"], b(**inputs())["audio"])
+
+
+def test_token_count_mismatch_raises():
+    x = inputs()
+    with pytest.raises(ValueError):
+        tiny()(**dict(x, audio=x["audio"][:, :-1]))
