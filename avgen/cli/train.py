@@ -1,0 +1,72 @@
+"""`avgen train`: train (or continue) a run; a thin layer over `avgen.train.train`.
+
+    avgen train --preset shapes-cpu --out runs/shapes            # dataset from the preset
+    avgen train --dataset talking-digits --preset digits-cpu --out runs/digits --set lr=2e-4
+    avgen train --out runs/digits --resume --steps 40000          # continue, with a longer goal
+    torchrun --nproc_per_node 2 $(which avgen) train ...          # several processes (DDP)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    from avgen.model.device import DEVICES
+    from avgen.train.config import TRAIN_PRESETS
+
+    p = subparsers.add_parser("train", help="train a joint audio-video model",
+                              description="Train the joint audio-video model. The resolved config, checkpoints, "
+                              "metrics.jsonl and sample clips go to the run folder (--out).",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--preset", choices=list(TRAIN_PRESETS),
+                   help="named training config (required for a new run; on --resume the run's saved config is "
+                   "used unless this is given)")
+    p.add_argument("--dataset", default=None, help="talking-digits, shapes or folder:PATH (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="train until this many optimizer steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--init-from", default=None, metavar="WEIGHTS_DIR",
+                   help="fine-tune from exported weights (their size, codec and clip spec are kept)")
+    p.add_argument("--data-root", default=None, help="folder holding fsdd/ and mnist/ (default: $AVGEN_DATA, "
+                   "else ../shared/data)")
+    p.add_argument("--device", default="auto", choices=[d for d in DEVICES if d != "mps"],
+                   help="auto = CUDA when present, else CPU")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. lr=3e-4, objective.p_drop_prompt=0.2, model=AVDiT-B "
+                   "(repeatable; unknown keys are errors)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    p.set_defaults(func=run)
+
+
+def resolve_config(args):
+    """The config this invocation trains with: a preset + overrides, or the resumed run's own."""
+    from avgen.cli import UsageError
+    from avgen.train.config import preset
+    from avgen.train.loop import read_run_config
+
+    if args.preset is not None:
+        cfg = preset(args.preset)
+    elif args.resume:
+        cfg = read_run_config(args.out)
+    else:
+        raise UsageError("choose a training config with --preset (e.g. tiny, shapes-cpu, digits-cpu)")
+    if args.dataset is not None:
+        cfg = cfg.override({"dataset": args.dataset})
+    cfg = cfg.override(args.overrides)
+    if args.steps is not None:
+        cfg = cfg.override({"steps": args.steps})
+    return cfg
+
+
+def run(args) -> int:
+    from avgen.train.loop import train
+
+    cfg = resolve_config(args)
+    result = train(cfg, args.out, resume=args.resume, init_from=args.init_from, device=args.device,
+                   data_root=args.data_root, progress_bar=not args.no_progress)
+    if result.rank == 0 and result.checkpoint is not None:
+        print(f"step {result.step}: {result.checkpoint}"
+              + (f" ({result.skipped_steps} non-finite steps skipped)" if result.skipped_steps else ""),
+              file=sys.stderr)
+    return 0

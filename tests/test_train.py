@@ -1,0 +1,316 @@
+"""Training: config and overrides, schedule, per-sample randomness, EMA, NaN steps, resume,
+run folders, samples, export and fine-tuning, and the `avgen train` / `avgen export` CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from avgen.cli import main as cli
+from avgen.data import ClipSpec, make_dataset
+from avgen.model.pipeline import AVGenPipeline
+from avgen.train import loop
+from avgen.train.checkpoint import checkpoint_path, latest_checkpoint, load_ema_weights, read_checkpoint
+from avgen.train.config import TRAIN_PRESETS, TrainConfig, lr_factor, preset
+from avgen.train.export import export_run, model_from_checkpoint
+from avgen.train.loop import EMA, Runtime, SampleOrder, local_indices, sample_generator, train
+
+CPU = Runtime(torch.device("cpu"))
+
+
+def tiny(**overrides) -> TrainConfig:
+    return preset("tiny", overrides)
+
+
+def weights(run_dir, step: int, prefix: str = "model.") -> dict[str, torch.Tensor]:
+    tensors, _ = read_checkpoint(checkpoint_path(run_dir, step))
+    return {k: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------- config
+def test_presets_are_valid_and_round_trip_through_json():
+    for name, cfg in TRAIN_PRESETS.items():
+        assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg, name
+    assert preset("digits-cpu").dataset == "talking-digits"
+
+
+def test_overrides_are_typed_nested_and_checked():
+    cfg = tiny().override(["lr=2e-3", "steps=1e3", "bf16=false", "objective.p_drop_prompt=0.2",
+                           "model.depth=3", "spec.duration=2", "codec=mel64"])
+    assert (cfg.lr, cfg.steps, cfg.bf16) == (2e-3, 1000, False)
+    assert cfg.objective.p_drop_prompt == 0.2 and cfg.model.depth == 3 and cfg.spec.duration == 2.0
+    assert cfg.codec.n_mels == 64
+    assert tiny().override(["model=AVDiT-S"]).model.hidden_size == 256
+    bad = {"nope=1": "unknown option 'nope'", "model.nope=1": "unknown option 'model.nope'",
+           "steps=2.5": "not a valid int", "bf16=maybe": "not a valid bool", "model=AVDiT-XL": "preset name",
+           "lr": "key=value", "lr_schedule=linear": "lr_schedule", "batch_size=0": "positive",
+           "lr.x=1": "no sub-options"}
+    for text, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            tiny().override([text])
+    with pytest.raises(ValueError, match="unknown training preset"):
+        preset("huge")
+    with pytest.raises(ValueError, match="another avgen version"):
+        TrainConfig.from_dict({**tiny().to_dict(), "retired_option": 1})
+
+
+def test_lr_schedule_warms_up_then_decays_or_stays():
+    cfg = tiny(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [lr_factor(s, cfg) for s in range(100)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # cosine: monotone down
+    assert lr_factor(100, cfg) == pytest.approx(0.1) and lr_factor(10_000, cfg) == pytest.approx(0.1)
+    flat = cfg.override(["lr_schedule=constant"])
+    assert [lr_factor(s, flat) for s in (10, 50, 10_000)] == [1.0, 1.0, 1.0]
+
+
+# ---------------------------------------------------------------------------- data and randomness
+def test_ranks_split_each_global_batch_into_contiguous_equal_slices():
+    slices = [list(local_indices(96, 8, Runtime(CPU.device, rank, 4))) for rank in range(4)]
+    assert sum(slices, []) == list(range(96, 104))
+    assert list(local_indices(96, 8, CPU)) == list(range(96, 104))
+
+
+def test_per_sample_generators_depend_on_seed_and_index_only():
+    def draw(seed, index):
+        return torch.randn(5, generator=sample_generator(seed, index))
+
+    assert torch.equal(draw(0, 17), draw(0, 17))
+    assert not torch.equal(draw(0, 17), draw(0, 18))
+    assert not torch.equal(draw(0, 17), draw(1, 17))
+
+
+def test_sample_order_visits_a_folder_dataset_in_a_fresh_permutation_each_epoch():
+    order = SampleOrder(10, seed=3, shuffle=True)
+    epochs = [[order(g) for g in range(e * 10, (e + 1) * 10)] for e in range(3)]
+    assert all(sorted(e) == list(range(10)) for e in epochs)
+    assert epochs[0] != epochs[1] and epochs[0] != list(range(10))
+    assert [SampleOrder(10, 3, shuffle=True)(g) for g in range(10)] == epochs[0]  # a pure function of g
+    assert [SampleOrder(10, 3, shuffle=False)(g) for g in (0, 9, 10, 23)] == [0, 9, 0, 3]
+
+
+def test_ema_follows_the_weights_with_a_ramped_decay():
+    net = torch.nn.Linear(2, 1)
+    ema = EMA(net, decay=0.99)
+    start = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net, step=0)  # decay min(0.99, 1/10): mostly the new weights
+    assert torch.allclose(ema.state_dict()["weight"], start["weight"] + 0.9)
+    assert ema.decay_at(10_000) == 0.99
+    copy = ema.copy_to(torch.nn.Linear(2, 1))
+    assert torch.equal(copy.weight, ema.state_dict()["weight"])
+
+
+# ---------------------------------------------------------------------------- the loop
+def test_training_writes_config_metrics_and_checkpoints(tmp_path):
+    cfg = tiny(steps=4)
+    result = train(cfg, tmp_path / "run", device="cpu", progress_bar=False)
+    run = tmp_path / "run"
+    assert (result.step, result.skipped_steps) == (4, 0)
+    assert loop.read_run_config(run) == cfg
+    assert result.checkpoint == checkpoint_path(run, 4) == latest_checkpoint(run)
+    assert read_checkpoint(result.checkpoint)[1]["train_config"] == cfg.to_dict()
+    logged = metrics(run)
+    assert [m["step"] for m in logged] == [1, 2, 3, 4]
+    assert all(math.isfinite(m["loss"]) and m["clips_per_s"] > 0 and {"loss_video", "loss_audio", "lr"} <= m.keys()
+               for m in logged)
+    assert logged[1]["samples_seen"] == 2 * cfg.batch_size
+    # the EMA is a different tensor set from the raw weights, and it moved away from the initial weights
+    assert not all(torch.equal(a, b) for a, b in zip(weights(run, 4).values(), weights(run, 4, "ema.").values()))
+
+
+def test_a_run_folder_is_not_overwritten_and_resume_needs_one(tmp_path):
+    train(tiny(steps=1), tmp_path / "run", device="cpu", progress_bar=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny(steps=1), tmp_path / "run", device="cpu", progress_bar=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train(tiny(steps=1), tmp_path / "missing", resume=True, device="cpu", progress_bar=False)
+
+
+def test_metrics_log_drops_steps_after_the_resumed_checkpoint_and_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "samples": "x"}\n{"step": 3}\n{"st')  # killed mid-write
+    log = loop.MetricsLog(path, resume_step=2, enabled=True)
+    log.write({"step": 3, "loss": 1.0})
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"step": 1}, {"step": 2, "samples": "x"}, {"step": 3, "loss": 1.0}]
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = tiny(steps=6, ckpt_every=2)
+    train(cfg, tmp_path / "straight", device="cpu", progress_bar=False)
+
+    real_save = loop.save_training_state
+
+    def crash_after_step_4(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        if kwargs["progress"]["step"] == 4:
+            raise Interrupted
+        return path
+
+    monkeypatch.setattr(loop, "save_training_state", crash_after_step_4)
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "crashed", device="cpu", progress_bar=False)
+    monkeypatch.undo()
+    result = train(loop.read_run_config(tmp_path / "crashed"), tmp_path / "crashed", resume=True, device="cpu",
+                   progress_bar=False)
+    assert result.step == 6
+    for prefix in ("model.", "ema.", "optimizer."):
+        a, b = weights(tmp_path / "straight", 6, prefix), weights(tmp_path / "crashed", 6, prefix)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), prefix
+    assert [m["step"] for m in metrics(tmp_path / "crashed")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_non_finite_loss_skips_the_update_and_is_logged(tmp_path, monkeypatch):
+    real_load = loop.load_batch
+
+    def poisoned_step_2(ds, order, indices, seed, device):
+        batch = real_load(ds, order, indices, seed, device)
+        if indices.start == 4:  # the second step's batch (batch size 4)
+            batch.audio[0, 100] = float("nan")
+        return batch
+
+    monkeypatch.setattr(loop, "load_batch", poisoned_step_2)
+    result = train(tiny(steps=3, ckpt_every=1, keep_last=5), tmp_path / "run", device="cpu", progress_bar=False)
+    assert result.skipped_steps == 1
+    run = tmp_path / "run"
+    before, after = weights(run, 1), weights(run, 2)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no update from the NaN batch
+    assert all(torch.equal(a, b) for a, b in zip(weights(run, 1, "ema.").values(), weights(run, 2, "ema.").values()))
+    assert not all(torch.equal(before[k], weights(run, 3)[k]) for k in before)  # training went on
+    skipped = [m for m in metrics(run) if m.get("skipped")]
+    assert [m["step"] for m in skipped] == [2] and skipped[0]["loss"] == "nan"
+    assert read_checkpoint(checkpoint_path(run, 3))[1]["progress"] == {"step": 3, "data_position": 12,
+                                                                        "skipped_steps": 1}
+
+
+@pytest.mark.slow
+def test_sample_clips_are_written_during_training(tmp_path):
+    train(tiny(steps=2, sample_every=2), tmp_path / "run", device="cpu", progress_bar=False)
+    folder = tmp_path / "run" / "samples" / "step-00000002"
+    assert len(list(folder.glob("*.mp4"))) == 2 and len(list(folder.glob("*.png"))) == 2
+    last = metrics(tmp_path / "run")[-1]
+    assert {"step": 2, "samples": "samples/step-00000002"}.items() <= last.items()
+    assert 0 <= last["event_count_ok"] <= 1 and {"av_onset_f1", "abs_av_offset_ms"} <= last.keys()
+
+
+def test_quick_eval_figures_separate_synced_from_shifted_clips():
+    # what is tested is the adapter to the evaluation suite (the suite's own controls test its detectors)
+    ds = make_dataset("shapes", spec=ClipSpec())
+    clips = [ds[i] for i in range(4)]
+    frame_ms = 1000 / 16
+    synced = loop.quick_eval_figures(clips)
+    for clip in clips:  # audio three frames late
+        clip.audio = np.roll(clip.audio, 3 * len(clip.audio) // clip.num_frames)
+    shifted = loop.quick_eval_figures(clips)
+    assert synced["abs_av_offset_ms"] < frame_ms / 2
+    assert abs(shifted["abs_av_offset_ms"] - 3 * frame_ms) < frame_ms / 2
+    assert synced["av_onset_f1"] >= shifted["av_onset_f1"] + 0.5
+    assert 0 <= synced["event_count_ok"] <= 1
+
+
+# ---------------------------------------------------------------------------- export and fine-tuning
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(tiny(steps=2), run, device="cpu", progress_bar=False)
+    return run
+
+
+def test_export_writes_a_pipeline_folder_of_the_ema_weights(trained_run, tmp_path):
+    report = export_run(trained_run, tmp_path / "weights")
+    assert report.step == 2 and report.fp16_max_abs_diff is None
+    out = tmp_path / "weights"
+    assert {"model_index.json", "transformer", "scheduler", "audio_scheduler", "training_config.json",
+            "export.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "training_config.json").read_text()) == tiny(steps=2).to_dict()
+    pipe = AVGenPipeline.from_pretrained(out, local_files_only=True)
+    ema, _ = load_ema_weights(latest_checkpoint(trained_run))
+    assert all(torch.equal(v, ema[k]) for k, v in pipe.transformer.state_dict().items())
+    pipe.set_progress_bar_config(disable=True)
+    clip = pipe("cross", num_inference_steps=1, guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+    spec = tiny().spec
+    assert clip.frames.shape == (1, spec.num_frames, spec.height, spec.width, 1)
+    assert clip.audio.shape == (1, spec.num_samples)
+    with pytest.raises(FileExistsError):
+        export_run(trained_run, out)
+
+
+def test_fp16_export_is_measured_and_loads_back_as_fp32(trained_run, tmp_path):
+    report = export_run(trained_run, tmp_path / "w16", dtype="float16")
+    assert 0 <= report.fp16_max_abs_diff < 1e-2
+    assert json.loads((tmp_path / "w16" / "export.json").read_text())["fp16_max_abs_diff"] == report.fp16_max_abs_diff
+    pipe = AVGenPipeline.from_pretrained(tmp_path / "w16", local_files_only=True)
+    assert pipe.transformer.dtype == torch.float32
+    reference, _ = model_from_checkpoint(latest_checkpoint(trained_run))
+    for k, v in pipe.transformer.state_dict().items():
+        assert torch.equal(v, reference.state_dict()[k].half().float()), k
+    with pytest.raises(ValueError, match="export as float32"):
+        export_run(trained_run, tmp_path / "strict", dtype="float16", fp16_tolerance=0.0)
+
+
+def test_init_from_starts_from_exported_weights_and_keeps_their_shape(trained_run, tmp_path):
+    export_run(trained_run, tmp_path / "weights")
+    other_size = tiny(steps=1).override(["model.hidden_size=32", "model.depth=1"])
+    run = tmp_path / "finetune"
+    cfg, _, trainer, progress = loop.setup_training(other_size, run, False, tmp_path / "weights", None, CPU,
+                                                    lambda msg: None)
+    assert progress == loop.Progress()
+    assert cfg.model == tiny().model  # the pretrained network's size wins over the preset's
+    exported = AVGenPipeline.from_pretrained(tmp_path / "weights", local_files_only=True).transformer
+    assert all(torch.equal(v, exported.state_dict()[k]) for k, v in trainer.model.state_dict().items())
+    train(other_size, run, init_from=tmp_path / "weights", device="cpu", progress_bar=False)
+    assert loop.read_run_config(run).model == tiny().model
+    with pytest.raises(FileNotFoundError, match="no exported weights"):
+        train(tiny(), tmp_path / "bad", init_from=tmp_path, device="cpu", progress_bar=False)
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_train_resume_and_export(tmp_path, capsys):
+    run, out = str(tmp_path / "run"), str(tmp_path / "weights")
+    assert cli(["train", "--preset", "tiny", "--out", run, "--steps", "2", "--device", "cpu", "--no-progress",
+                "--set", "ckpt_every=1"]) == 0
+    assert cli(["train", "--out", run, "--resume", "--steps", "3", "--device", "cpu", "--no-progress"]) == 0
+    assert loop.read_run_config(run).steps == 3 and latest_checkpoint(run) == checkpoint_path(run, 3)
+    assert cli(["export", run, "--out", out]) == 0
+    assert "step 3 EMA weights" in capsys.readouterr().out
+    assert cli(["export", run, "--out", out]) == 2  # exists, no --force
+    assert "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--out", "X"], "--preset"),
+    (["train", "--preset", "tiny", "--out", "X", "--set", "learning_rate=1"], "unknown option 'learning_rate'"),
+    (["train", "--preset", "tiny", "--out", "X", "--dataset", "mnist"], "unknown dataset"),
+    (["export", "no-such-run", "--out", "Y"], "no checkpoint"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------- real data
+@pytest.mark.data
+@pytest.mark.slow
+def test_a_few_steps_on_talking_digits(data_root, tmp_path):
+    cfg = tiny(steps=2).override({"dataset": "talking-digits"})
+    result = train(cfg, tmp_path / "run", device="cpu", data_root=data_root, progress_bar=False)
+    assert result.step == 2 and math.isfinite(result.last_loss)
+    vocab = model_from_checkpoint(result.checkpoint)[0].config.vocab
+    assert list(vocab) == [str(d) for d in range(10)]
+    assert np.isfinite([m["loss"] for m in metrics(tmp_path / "run")]).all()
