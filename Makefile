@@ -14,9 +14,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job. Until the demo and shipped weights land, it renders preview clips from the data.
+# The main job: the Gradio studio on the shipped weights, at http://127.0.0.1:7860
 demo: $(STAMP)
-	$(VENV)/bin/avgen data preview --dataset talking-digits --n 4 --out outputs/preview
+	$(VENV)/bin/avgen demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests

@@ -1,0 +1,195 @@
+"""The avgen studio: a Gradio page over `Studio` (see studio.py for what happens to a request).
+
+    app = build_app(weights="weights/avgen", device="auto")   # loads the weights once
+    launch(app, host="127.0.0.1", port=7860)                   # or: avgen demo / python demos/app.py
+
+Privacy and safety defaults: Gradio analytics and Hugging Face Hub access are off (see
+`avgen/demo/__init__.py`); the server binds 127.0.0.1 unless told otherwise; the files it can serve
+are confined to its own temp folder; uploads are limited in size (by Gradio) and in duration (by
+the studio); a queue serves several people one generation at a time.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from avgen.demo.inputs import DemoLimits, describe_vocab
+from avgen.demo.studio import DEVICE_CHOICES, Studio, json_safe, report_markdown
+from avgen.seeds import DEFAULT_SEEDS_DIR, SeedPreset, load_presets
+
+MODES = [("text → audio + video", "t2av"), ("audio → video", "a2v"), ("video → audio", "v2a")]
+MAX_QUEUE = 32  # people waiting beyond this are told the studio is busy instead of waiting for minutes
+INTRO = """# avgen studio
+One diffusion model makes a short video **and** its soundtrack together. Type up to {max_events} digits
+(`3 1 4`): each digit appears on screen exactly while a voice says it. Leave the prompt empty for an
+unconditional clip, or let the picture follow a sound you upload or record (audio → video), or the
+sound follow a video (video → audio). Same seed and settings, same clip."""
+
+
+def build_app(weights=None, device: str = "auto", limits: DemoLimits = DemoLimits(), seeds_dir=DEFAULT_SEEDS_DIR,
+              workdir=None, warm_up: bool = True, judges=None) -> gr.Blocks:
+    """The studio page, with the model (and the eval suite's judges) loaded once, here, and a queue.
+    Serve it with `launch()`. `judges`: a judges folder (default: the shipped weights/judges)."""
+    workdir = Path(workdir) if workdir else _temp_workdir()
+    confine_gradio_files(workdir)
+    studio = Studio(weights, device, workdir / "studio", limits, judges)
+    if warm_up:
+        studio.warm_up()
+    presets = load_presets(seeds_dir)
+    with gr.Blocks(title="avgen studio", analytics_enabled=False, delete_cache=(600, 3600)) as app:
+        gr.Markdown(INTRO.format(max_events=studio.max_events))
+        if studio.judges_note:
+            gr.Markdown(f"**Note:** {studio.judges_note}")
+        with gr.Row():
+            with gr.Column(scale=2):
+                ins = _inputs(studio, device)
+            with gr.Column(scale=3):
+                outs = _outputs()
+        if presets:
+            _examples(presets, ins)
+        _wire(studio, ins, outs)
+    app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+    app.avgen_studio, app.avgen_workdir = studio, workdir  # read by launch() and by tests
+    return app
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **kwargs):
+    """Serve a `build_app` page: files confined to its temp folder, uploads capped in size, no run
+    history (its page offers to sync runs to a Hugging Face bucket) and no monitoring dashboard."""
+    limits = app.avgen_studio.limits
+    return app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.avgen_workdir)],
+                      max_file_size=f"{limits.max_upload_mb}mb", show_error=True, ssr_mode=False,
+                      run_history=False, enable_monitoring=False, **kwargs)
+
+
+def confine_gradio_files(workdir: Path) -> None:
+    """Gradio's upload folder and example cache inside our own temp folder, so everything the page
+    serves lives there (Gradio reads these at component creation: call before building the page)."""
+    os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(workdir / "examples")
+
+
+def _temp_workdir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="avgen-demo-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- the page
+def _inputs(studio: Studio, device: str) -> dict:
+    from avgen.model.pipeline import GenerateSettings
+
+    d, lim = GenerateSettings(), studio.limits
+    ins = {"mode": gr.Radio(MODES, value="t2av", label="mode")}
+    ins["prompt"] = gr.Textbox(label="prompt", placeholder="3 1 4", max_lines=1, elem_id="prompt",
+                               info=f"{describe_vocab(studio.vocab)}, at most {studio.max_events}; "
+                                    "empty = unconditional")
+    ins["audio"] = gr.Audio(sources=["upload", "microphone"], type="filepath", visible=False,
+                            label=f"sound for the picture to follow (at most {lim.max_upload_s:g} s)")
+    ins["video"] = gr.Video(sources=["upload"], visible=False,
+                            label=f"video for the sound to follow (at most {lim.max_upload_s:g} s)")
+    with gr.Row(equal_height=True):
+        ins["seed"] = gr.Number(value=d.seed, precision=0, minimum=0, label="seed", scale=4, elem_id="seed")
+        ins["dice"] = gr.Button("🎲 roll", scale=1, min_width=64, elem_id="dice")
+    with gr.Accordion("settings", open=False):
+        ins["steps"] = gr.Slider(lim.min_steps, lim.max_steps, value=d.steps, step=1, label="steps",
+                                 elem_id="steps")
+        ins["guidance"] = gr.Slider(0.0, lim.max_guidance, value=d.guidance_scale, step=0.1,
+                                    label="video guidance (1 = off)")
+        audio_default = d.guidance_scale if d.audio_guidance_scale is None else d.audio_guidance_scale
+        ins["audio_guidance"] = gr.Slider(0.0, lim.max_guidance, value=audio_default, step=0.1,
+                                          label="audio guidance (1 = off)")
+        ins["modality"] = gr.Slider(0.0, lim.max_guidance, value=d.modality_scale, step=0.1,
+                                    label="modality scale: pull each stream towards the other (1 = off)")
+        ins["sampler"] = gr.Dropdown(list(studio.samplers), value=d.sampler, label="sampler")
+        ins["device"] = gr.Radio(list(DEVICE_CHOICES), value=device, label="device")
+    ins["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
+    return ins
+
+
+def _outputs() -> dict:
+    outs = {"video": gr.Video(label="clip with sound", elem_id="result-video", buttons=["download"], height=320),
+            "audio": gr.Audio(label="sound alone", type="filepath", elem_id="result-audio"),
+            # the figure carries its own title; Gradio's label chip would cover it
+            "figure": gr.Image(label="frames over the spectrogram, detected events of both modalities",
+                               show_label=False, type="filepath", elem_id="figure"),
+            "report": gr.Markdown(elem_id="report")}
+    with gr.Accordion("raw report (JSON)", open=False):
+        outs["json"] = gr.JSON(label="sync report")
+    return outs
+
+
+EXAMPLE_FIELDS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidance", "modality", "sampler")
+
+
+def example_row(p: SeedPreset) -> list:
+    """A preset as the values of the EXAMPLE_FIELDS inputs."""
+    s = p.settings
+    audio_g = s["guidance_scale"] if s["audio_guidance_scale"] is None else s["audio_guidance_scale"]
+    return ["t2av", p.prompt, p.seed, s["steps"], s["guidance_scale"], audio_g, s["modality_scale"], s["sampler"]]
+
+
+def example_label(p: SeedPreset) -> str:
+    """What a preset's button says: its prompt and seed, and whether its recorded clip met the bar."""
+    return f"{p.prompt}  (seed {p.seed}{', below the bar' if p.bar_failures() else ''})"
+
+
+def _examples(presets: list[SeedPreset], ins: dict) -> None:
+    gr.Examples([example_row(p) for p in presets], [ins[k] for k in EXAMPLE_FIELDS],
+                label="curated seeds from seeds/ (click one, then Generate)",
+                example_labels=[example_label(p) for p in presets], cache_examples=False)
+
+
+# ----------------------------------------------------------------------------- events
+GENERATE_INPUTS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidance", "modality", "sampler",
+                   "device", "audio", "video")
+
+
+def _wire(studio: Studio, ins: dict, outs: dict) -> None:
+    ins["mode"].change(show_upload, ins["mode"], [ins["audio"], ins["video"]], api_visibility="private")
+    ins["dice"].click(roll_seed, None, ins["seed"], api_visibility="private")
+    ins["run"].click(make_handler(studio), [ins[k] for k in GENERATE_INPUTS],
+                     [outs[k] for k in ("video", "audio", "figure", "report", "json")], api_name="generate")
+
+
+def show_upload(mode: str):
+    return gr.update(visible=mode == "a2v"), gr.update(visible=mode == "v2a")
+
+
+def roll_seed() -> int:
+    # deliberately not reproducible: the dice is the way to explore
+    return random.SystemRandom().randrange(0, 2 ** 31)
+
+
+def make_handler(studio: Studio):
+    """The Generate button (and the `/generate` API): inputs -> mp4, wav, figure, report, report JSON.
+
+    A generator: the clip goes to the page as soon as it is written, the sync report and the
+    figure follow when measured (API callers get the final, complete outputs)."""
+    from avgen.model.pipeline import GenerateSettings
+
+    def generate(mode, prompt, seed, steps, guidance, audio_guidance, modality, sampler, device, audio, video,
+                 progress=gr.Progress(track_tqdm=True)):
+        settings = GenerateSettings(prompt=prompt or "", seed=seed, steps=steps, sampler=sampler,
+                                    guidance_scale=guidance, audio_guidance_scale=audio_guidance,
+                                    modality_scale=modality, device=device, mode=mode)
+        upload = {"a2v": audio, "v2a": video}.get(mode)
+        say = lambda fraction, desc: progress(fraction, desc=desc)  # noqa: E731
+        try:
+            r = studio.make(settings, upload, progress=say)
+        except ValueError as e:  # DemoInputError and the library's own checks: the person can fix these
+            raise gr.Error(str(e), print_exception=False) from None
+        for note in r.notes:
+            gr.Info(note)
+        yield str(r.video_path), str(r.audio_path), None, "*measuring sync...*", None
+        r = studio.inspect(r, progress=say)
+        yield (str(r.video_path), str(r.audio_path), str(r.figure_path),
+               report_markdown(r.report, r.seconds, r.notes), json_safe(r.report))
+
+    return generate

@@ -1,0 +1,241 @@
+"""The studio's engine, without any UI: weights loaded once, a request checked, a clip generated
+through the same library function as `avgen generate`, then written (mp4, wav), analysed by the
+eval suite (sync report) and drawn (frame strip over the spectrogram with detected events).
+
+The Gradio page (`app.py`) is a thin layer over `Studio.run`; tests drive `Studio` directly too.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from avgen.data.clip import Clip
+from avgen.demo import inputs
+from avgen.demo.inputs import DemoInputError, DemoLimits
+
+MODES = ("t2av", "a2v", "v2a")  # text -> audio + video; audio -> video; video -> audio
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+Progress = Callable[[float, str], None]  # (fraction done, what is happening)
+
+
+def _silent(fraction: float, desc: str) -> None:
+    pass
+
+
+@dataclass
+class StudioResult:
+    clip: Clip
+    video_path: Path  # mp4 with sound, upscaled for viewing
+    audio_path: Path  # the sound alone (wav)
+    settings: object  # the GenerateSettings that made the clip
+    notes: list[str] = field(default_factory=list)  # how uploads were fitted, for the person
+    seconds: float = 0.0  # generation time (sampling + decoding), what the person waited for
+    # filled in by Studio.inspect, after the clip is already on the page:
+    report: dict | None = None  # the eval suite's per-clip record of the mp4 (offset, onsets, F1, digits)
+    figure_path: Path | None = None  # PNG: frame strip over the spectrogram, detected events of both modalities
+
+
+class Studio:
+    """One loaded model serving many requests, one at a time (the pipeline holds sampler and device
+    state, and two concurrent samplings on two cores would only slow each other down)."""
+
+    def __init__(self, weights=None, device: str = "auto", workdir=None, limits: DemoLimits = DemoLimits(),
+                 judges=None):
+        from avgen.model.pipeline import DEFAULT_WEIGHTS, load_pipeline
+
+        self.weights = Path(weights or DEFAULT_WEIGHTS)
+        self.limits = limits
+        self.default_device = inputs.check_choice("device", device, DEVICE_CHOICES)
+        self.pipe = load_pipeline(self.weights, device)  # the one load: requests only move it between devices
+        self.judges, self.judges_note = load_judges(judges)
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="avgen-studio-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+
+    # ------------------------------------------------------------------ the model's facts
+    @property
+    def spec(self):
+        return self.pipe.codec.spec
+
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        return self.pipe.vocab
+
+    @property
+    def max_events(self) -> int:
+        return int(self.pipe.transformer.config.max_events)
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        from avgen.model.pipeline import SAMPLERS
+        return tuple(SAMPLERS)
+
+    # ------------------------------------------------------------------ requests
+    def check(self, settings, upload=None) -> tuple[object, dict, list[str]]:
+        """Validate a request -> (normalised GenerateSettings, the given modality {audio|video: array}, notes).
+
+        Every problem a person can fix raises DemoInputError before any sampling starts.
+        """
+        lim = self.limits
+        mode = inputs.check_choice("mode", settings.mode, MODES)
+        settings = replace(
+            settings, prompt=inputs.parse_prompt(settings.prompt, self.vocab, self.max_events),
+            seed=inputs.check_seed(settings.seed), steps=inputs.check_steps(settings.steps, lim),
+            sampler=inputs.check_choice("sampler", settings.sampler, self.samplers),
+            guidance_scale=inputs.check_scale("video guidance", settings.guidance_scale, lim),
+            audio_guidance_scale=None if settings.audio_guidance_scale is None else
+            inputs.check_scale("audio guidance", settings.audio_guidance_scale, lim),
+            modality_scale=inputs.check_scale("modality scale", settings.modality_scale, lim),
+            device=inputs.check_choice("device", settings.device, DEVICE_CHOICES), num_clips=1, duration=None)
+        if mode == "t2av":
+            return settings, {}, []
+        if upload is None:
+            what = "a sound (upload or record one)" if mode == "a2v" else "a video"
+            raise DemoInputError(f"this mode follows {what}: add one first")
+        if mode == "a2v":
+            audio, notes = inputs.read_audio_upload(upload, self.spec, lim)
+            return settings, {"audio": audio}, notes
+        frames, notes = inputs.read_video_upload(upload, self.spec, lim)
+        return settings, {"video": frames}, notes
+
+    def run(self, settings, upload=None, progress: Progress | None = None) -> StudioResult:
+        """Check, generate, write, analyse, draw. Raises DemoInputError for input a person can fix."""
+        return self.inspect(self.make(settings, upload, progress), progress)
+
+    def make(self, settings, upload=None, progress: Progress | None = None) -> StudioResult:
+        """Check, generate, write the mp4 and the wav: what the person waits for."""
+        from avgen.data.io import write_mp4, write_wav
+        from avgen.model.pipeline import generate
+
+        say = progress or _silent
+        say(0.0, "checking the request")
+        settings, given, notes = self.check(settings, upload)
+        with self._lock:
+            self._move_to(settings.device)
+            say(0.05, "sampling")
+            t0 = time.perf_counter()
+            clip = generate(self.pipe, settings, **given)[0]
+            seconds = time.perf_counter() - t0
+        out = self._result_dir()
+        say(0.8, "writing the mp4")
+        video_path = write_mp4(clip, out / "clip.mp4")
+        audio_path = write_wav(clip.audio, clip.sample_rate, out / "audio.wav")
+        return StudioResult(clip, video_path, audio_path, settings, notes, seconds)
+
+    def inspect(self, result: StudioResult, progress: Progress | None = None) -> StudioResult:
+        """The sync report of the written mp4 and the figure (a second or so, after the clip is shown)."""
+        say = progress or _silent
+        say(0.85, "measuring sync")
+        result.report = analyse_file(result.video_path, result.settings.prompt, self.judges)
+        say(0.95, "drawing the figure")
+        result.figure_path = render_figure(result.clip, result.report, result.video_path.with_name("figure.png"))
+        say(1.0, "done")
+        return result
+
+    def warm_up(self) -> float:
+        """One cheap sampling so the first person does not pay for lazy initialisation; seconds taken."""
+        from avgen.model.pipeline import GenerateSettings, generate
+
+        t0 = time.perf_counter()
+        with self._lock:
+            generate(self.pipe, GenerateSettings(steps=1, device=self.default_device))
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ housekeeping
+    def _move_to(self, device: str) -> None:
+        from avgen.model.device import resolve_device
+
+        target = resolve_device(self.default_device if device == "auto" else device)
+        if self.pipe.device != target:
+            self.pipe.to(target)
+
+    def _result_dir(self) -> Path:
+        """A fresh folder for one result; the oldest beyond `keep_results` are deleted (the page has
+        already served them, and Gradio keeps its own copy in its cache)."""
+        out = self.workdir / "results" / f"{next(self._ids):06d}"
+        out.mkdir(parents=True)
+        old = sorted(out.parent.iterdir())[: -self.limits.keep_results]
+        for d in old:
+            shutil.rmtree(d, ignore_errors=True)
+        return out
+
+
+# ----------------------------------------------------------------------------- analysis and figure
+def load_judges(folder=None):
+    """(the eval suite's digit judges, "") or, when none are trained yet, (None, a note saying so for
+    the page): the studio still reports timing without them."""
+    from avgen.eval.judges import Judges
+
+    try:
+        return Judges.load(folder), ""
+    except FileNotFoundError as e:
+        return None, f"digits are not read: {e}"
+
+
+def analyse_file(path: Path, prompt: str, judges) -> dict:
+    """The eval suite's per-clip analysis of the mp4 the person gets (decoded with the container's
+    timing, as `avgen eval` reads any file), with the digits read against the prompt if there is one."""
+    from avgen.eval.suite import EvalConfig, analyse, judge_can_read, load_signal
+
+    cfg = EvalConfig()
+    usable = judges if judges is not None and judge_can_read(judges, prompt) else None
+    return analyse(load_signal(path, cfg), cfg, usable, prompt or None).record
+
+
+def render_figure(clip: Clip, report: dict, path) -> Path:
+    """Frame strip over the spectrogram, detected onsets of both modalities, what the judges read."""
+    from avgen.data.preview import render_sheet
+
+    detected = {k: report[k] for k in ("video_onsets_s", "audio_onsets_s")}
+    offset = report["av_offset_ms"]
+    title = (f"prompt {clip.prompt or '(none)'!r}   seen {' '.join(report.get('video_digits', [])) or '-'}   "
+             f"heard {' '.join(report.get('audio_digits', [])) or '-'}   AV offset "
+             + (f"{offset:+.1f} ms" if math.isfinite(offset) else "n/a")
+             + "\nonsets: video solid green, audio dashed yellow")
+    return render_sheet(clip, path, detected=detected, title=title)
+
+
+def json_safe(report: dict) -> dict:
+    """The record for JSON (the page's raw view, API callers): NaN (undefined) -> null, and without
+    the server-side file path (of no use to the person, and Gradio takes a "path" key for a file)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in report.items()
+            if k != "path"}
+
+
+def report_markdown(report: dict, seconds: float | None = None, notes: list[str] | None = None) -> str:
+    """The sync report as a small table for people."""
+    from avgen.seeds import metrics_from_record
+
+    def num(v, fmt):
+        return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+    def listed(xs, fmt="{}"):
+        return " ".join(fmt.format(x) for x in xs) or "none"
+
+    m = metrics_from_record(report)
+    rows = [("AV offset (audio late > 0)", f"{num(report['av_offset_ms'], '+.1f')} ms"),
+            ("offset confidence", num(report["offset_confidence"], ".2f")),
+            ("onset F1 (audio vs video, 1 frame)", num(report["onset_f1"], ".2f")),
+            ("digits seen (picture)", listed(report.get("video_digits", []))),
+            ("digits heard (sound)", listed(report.get("audio_digits", []))),
+            ("video onsets (s)", listed(report["video_onsets_s"], "{:.3f}")),
+            ("audio onsets (s)", listed(report["audio_onsets_s"], "{:.3f}"))]
+    if report.get("prompt"):
+        rows += [("prompt", report["prompt"]),
+                 ("picture matches prompt", num(m["video_digit_accuracy"], ".0%")),
+                 ("sound matches prompt", num(m["audio_digit_accuracy"], ".0%")),
+                 ("picture and sound agree", num(m["av_agreement"], ".0%"))]
+    if seconds is not None:
+        rows.append(("generation time", f"{seconds:.2f} s"))
+    lines = ["| measure | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
+    lines += [f"\n*{n}*" for n in notes or []]
+    return "\n".join(lines)

@@ -1,0 +1,424 @@
+"""The studio: input checks, uploads, the engine (UI-free), and the served page through gradio_client."""
+from __future__ import annotations
+
+import math
+import re
+import threading
+
+import numpy as np
+import pytest
+
+from avgen.data import make_dataset
+from avgen.data.clip import ClipSpec
+from avgen.data.io import decode_av, write_mp4, write_video, write_wav, to_uint8_rgb
+from avgen.demo import inputs
+from avgen.demo.inputs import DemoInputError, DemoLimits
+from tests.demo_helpers import SPEC, serving, tiny_judges, tiny_weights  # noqa: F401  (fixtures)
+
+DIGITS = tuple("0123456789")
+
+
+# ----------------------------------------------------------------------------- prompt and settings
+@pytest.mark.parametrize("text, expected", [("3 1 4", "3 1 4"), ("  3   1 4 ", "3 1 4"), ("314", "3 1 4"),
+                                            ("3,1", "3 1"), ("", ""), (None, ""), ("7", "7")])
+def test_prompts_people_type_become_the_canonical_form(text, expected):
+    assert inputs.parse_prompt(text, DIGITS, 3) == expected
+
+
+@pytest.mark.parametrize("text, message", [("3 x 4", "may only hold digits 0-9; 'x'"), ("three", "'t'"),
+                                           ("-1", "'-'"), ("1 2 3 4", "at most 3"), ("12345", "5 labels")])
+def test_bad_prompts_are_refused_with_a_clear_reason(text, message):
+    with pytest.raises(DemoInputError, match=message):
+        inputs.parse_prompt(text, DIGITS, 3)
+
+
+def test_multi_character_labels_are_not_split():
+    vocab = ("circle", "square")
+    assert inputs.parse_prompt("circle square", vocab, 3) == "circle square"
+    with pytest.raises(DemoInputError, match="the labels circle, square; 'circlesquare'"):
+        inputs.parse_prompt("circlesquare", vocab, 3)
+
+
+@pytest.mark.parametrize("steps", [0, 101, 2.5, None, float("nan"), "10", True])
+def test_steps_out_of_range_or_not_whole_are_refused(steps):
+    with pytest.raises(DemoInputError, match="steps"):
+        inputs.check_steps(steps, DemoLimits())
+
+
+def test_valid_settings_pass_through():
+    lim = DemoLimits()
+    assert inputs.check_steps(25.0, lim) == 25 and isinstance(inputs.check_steps(25.0, lim), int)
+    assert inputs.check_scale("video guidance", 4, lim) == 4.0
+    assert inputs.check_seed(2 ** 63 - 1) == 2 ** 63 - 1
+    for bad in (-1, 2 ** 63, 1.5, None, float("inf")):
+        with pytest.raises(DemoInputError, match="seed"):
+            inputs.check_seed(bad)
+    for bad in (-0.1, 15.1, float("nan"), None):
+        with pytest.raises(DemoInputError, match="audio guidance must be a number between 0 and 15"):
+            inputs.check_scale("audio guidance", bad, lim)
+
+
+# ----------------------------------------------------------------------------- uploads
+def tone(seconds: float, sr: int = 8000, level: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (level * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def test_audio_upload_is_resampled_and_padded_to_the_clip(tmp_path):
+    path = write_wav(tone(2.0, sr=16000), 16000, tmp_path / "two seconds.wav")
+    audio, notes = inputs.read_audio_upload(path, SPEC, DemoLimits())
+    assert audio.shape == (SPEC.num_samples,) and audio.dtype == np.float32
+    assert notes == ["the sound lasts 2.0 s: padded with silence to 3 s"]
+    assert np.abs(audio[16000:]).max() == 0  # the padding is silence
+    # the tone survives resampling 16 kHz -> 8 kHz: same level, same pitch (440 Hz peak)
+    body = audio[1000:15000]
+    assert abs(np.sqrt(np.mean(body ** 2)) - 0.5 / math.sqrt(2)) < 0.01
+    peak_hz = np.argmax(np.abs(np.fft.rfft(body))) * SPEC.sample_rate / len(body)
+    assert abs(peak_hz - 440) < 2
+
+
+def test_audio_upload_keeps_its_samples_at_the_model_rate(tmp_path):
+    x = tone(3.0)
+    audio, notes = inputs.read_audio_upload(write_wav(x, 8000, tmp_path / "a.wav"), SPEC, DemoLimits())
+    assert notes == []
+    assert np.abs(audio - x).max() < 1e-3  # 16-bit PCM quantisation only
+
+
+def test_audio_from_a_video_file_and_longer_sound_is_cut(tmp_path):
+    clip = make_dataset("shapes", split="test", spec=ClipSpec(duration=5.0))[0]
+    path = write_mp4(clip, tmp_path / "with sound.mp4", scale=1)
+    audio, notes = inputs.read_audio_upload(path, SPEC, DemoLimits())
+    assert audio.shape == (SPEC.num_samples,)
+    assert len(notes) == 1 and re.fullmatch(r"used the first 3 s of the 5\.[01] s sound", notes[0])
+    # AAC has encoder delay; the decoder's timing puts it back, so the events stay where they were
+    ref = clip.audio[: SPEC.num_samples]
+    assert np.corrcoef(audio, ref)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("case, message", [
+    ("silent", "holds no sound"), ("too long", "longer than 10 s"), ("not media", "not a readable audio"),
+    ("no sound track", "has no sound track"), ("missing", "did not arrive"), ("too big", "too big")])
+def test_bad_audio_uploads_are_refused(tmp_path, case, message):
+    limits = DemoLimits()
+    if case == "silent":
+        path = write_wav(np.zeros(8000, np.float32), 8000, tmp_path / "quiet.wav")
+    elif case == "too long":
+        path = write_wav(tone(10.5), 8000, tmp_path / "long.wav")
+    elif case == "not media":
+        path = tmp_path / "notes.wav"
+        path.write_text("this is not a sound")
+    elif case == "no sound track":
+        frames = np.zeros((16, 32, 32, 3), np.uint8)
+        path = write_video(tmp_path / "mute.mp4", frames, 16)
+    elif case == "missing":
+        path = tmp_path / "gone.wav"
+    else:
+        limits = DemoLimits(max_upload_mb=1)
+        path = write_wav(tone(70.0), 8000, tmp_path / "big.wav")  # 1.1 MB
+    with pytest.raises(DemoInputError, match=message):
+        inputs.read_audio_upload(path, SPEC, limits)
+
+
+def test_the_message_names_the_file_not_the_server_path(tmp_path):
+    path = write_wav(np.zeros(800, np.float32), 8000, tmp_path / "my recording.wav")
+    with pytest.raises(DemoInputError) as e:
+        inputs.read_audio_upload(path, SPEC, DemoLimits())
+    assert str(e.value).startswith("my recording.wav:") and str(tmp_path) not in str(e.value)
+
+
+def test_video_upload_is_conformed_to_the_model_and_its_sound_is_not_needed(tmp_path):
+    clip = make_dataset("shapes", split="test", spec=SPEC)[1]
+    path = write_video(tmp_path / "mute.mp4", to_uint8_rgb(clip.frames.repeat(4, 1).repeat(4, 2)), clip.fps)
+    frames, notes = inputs.read_video_upload(path, SPEC, DemoLimits())
+    assert frames.shape == (SPEC.num_frames, 32, 32, 1) and notes == []
+    assert np.abs(frames - clip.frames).mean() < 0.02  # H.264 at crf 12, then box-downscaled
+
+
+def test_short_video_is_padded_with_blank_frames(tmp_path):
+    clip = make_dataset("shapes", split="test", spec=ClipSpec(duration=2.0))[0]
+    clip.frames[:] = np.maximum(clip.frames, 0.5)  # nothing blank in the upload itself
+    frames, notes = inputs.read_video_upload(write_mp4(clip, tmp_path / "short.mp4", scale=2), SPEC, DemoLimits())
+    assert notes == ["the video lasts 2.0 s: padded with blank frames to 3 s"]
+    assert frames[:32].min() > 0.4 and frames[32:].max() == 0
+
+
+@pytest.mark.parametrize("case, message", [("too long", "longer than the 10 s limit"), ("audio only", "no video")])
+def test_bad_video_uploads_are_refused(tmp_path, case, message):
+    if case == "too long":
+        path = write_video(tmp_path / "long.mp4", np.zeros((16 * 11, 16, 16, 3), np.uint8), 16)
+    else:
+        path = write_wav(tone(1.0), 8000, tmp_path / "sound.wav")
+    with pytest.raises(DemoInputError, match=message):
+        inputs.read_video_upload(path, SPEC, DemoLimits())
+
+
+# ----------------------------------------------------------------------------- the engine
+@pytest.fixture(scope="module")
+def studio(tiny_weights, tiny_judges, tmp_path_factory):
+    from avgen.demo.studio import Studio
+
+    s = Studio(tiny_weights, "cpu", tmp_path_factory.mktemp("studio"), DemoLimits(keep_results=2), tiny_judges)
+    s.pipe.set_progress_bar_config(disable=True)
+    return s
+
+
+def settings(**kw):
+    from avgen.model.pipeline import GenerateSettings
+
+    return GenerateSettings(**{"prompt": "3 1 4", "steps": 2, "device": "cpu", **kw})
+
+
+def test_text_to_av_writes_a_playable_clip_its_sound_a_figure_and_a_report(studio):
+    r = studio.run(settings())
+    d = decode_av(r.video_path)
+    assert d.frames.shape == (48, 256, 256, 3) and d.fps == 16  # upscaled 8x for viewing
+    assert abs(len(d.audio) / d.sample_rate - 3.0) < 0.15 and np.abs(d.audio).max() > 0.01
+    assert r.audio_path.suffix == ".wav" and r.audio_path.stat().st_size == 44 + 2 * SPEC.num_samples
+    assert r.figure_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = r.report  # the eval suite's record of the mp4 the person gets
+    assert rep["path"] == str(r.video_path) and rep["prompt"] == "3 1 4"
+    assert all(0 <= t <= 3 for t in rep["video_onsets_s"] + rep["audio_onsets_s"])
+    assert len(rep["video_digits"]) == len(rep["video_onsets_s"]) and set(rep["video_digits"]) <= set(DIGITS)
+    assert rep["video_digit_counts"][1] == max(3, len(rep["video_digits"]))  # scored against the prompt
+    assert r.notes == []  # judges were there, the clip needed no fitting
+    assert r.settings.prompt == "3 1 4" and r.seconds > 0
+
+
+def test_same_seed_same_clip_new_seed_new_clip(studio):
+    a, b, c = (studio.run(settings(seed=s)).clip for s in (5, 5, 6))
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_bad_input_fails_before_sampling(studio, monkeypatch):
+    import avgen.model.pipeline as pipeline
+
+    def must_not_run(*a, **k):
+        raise AssertionError("sampled despite bad input")
+    monkeypatch.setattr(pipeline, "generate", must_not_run)
+    for bad, message in ((settings(prompt="3 1 4 1"), "at most 3"), (settings(steps=0), "steps"),
+                         (settings(sampler="ddim"), "sampler must be one of"), (settings(mode="a2v"), "add one first"),
+                         (settings(mode="t2i"), "mode must be one of")):
+        with pytest.raises(DemoInputError, match=message):
+            studio.run(bad)
+
+
+def test_audio_to_video_follows_the_given_sound(studio, tmp_path):
+    x = tone(3.0)
+    r = studio.run(settings(mode="a2v", prompt=""), upload=write_wav(x, 8000, tmp_path / "voice.wav"))
+    assert np.abs(r.clip.audio - x).max() < 1e-3  # held clean: the sound is the upload's
+    assert r.clip.frames.shape == (48, 32, 32, 1)
+
+
+def test_video_to_audio_follows_the_given_picture(studio, tmp_path):
+    clip = make_dataset("shapes", split="test", spec=SPEC)[2]
+    frames, _ = inputs.read_video_upload(write_mp4(clip, tmp_path / "v.mp4"), SPEC, DemoLimits())
+    r = studio.run(settings(mode="v2a"), upload=tmp_path / "v.mp4")
+    assert np.array_equal(r.clip.frames, frames)
+    assert r.clip.audio.shape == (SPEC.num_samples,)
+
+
+def test_a_device_this_machine_lacks_is_a_clear_error(studio):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="no usable CUDA"):
+        studio.run(settings(device="cuda"))
+
+
+def test_old_results_are_deleted(studio):
+    for _ in range(3):
+        studio.run(settings())
+    assert len(list((studio.workdir / "results").iterdir())) == 2
+
+
+def test_report_table_and_json_are_safe_for_nan():
+    from avgen.demo.studio import json_safe, report_markdown
+
+    rep = {"av_offset_ms": math.nan, "offset_confidence": 0.0, "onset_f1": math.nan, "video_onsets_s": [],
+           "audio_onsets_s": [0.5], "video_digits": [], "audio_digits": ["7"], "prompt": "7",
+           "video_digit_counts": [0, 1], "audio_digit_counts": [1, 1], "av_agreement_counts": [0, 1]}
+    md = report_markdown(rep, seconds=1.234, notes=["padded"])
+    assert "| AV offset (audio late > 0) | n/a ms |" in md and "| sound matches prompt | 100% |" in md
+    assert "| picture matches prompt | 0% |" in md and "| digits seen (picture) | none |" in md
+    assert "| audio onsets (s) | 0.500 |" in md and "1.23 s" in md and "*padded*" in md
+    assert json_safe(rep)["av_offset_ms"] is None and json_safe(rep)["audio_onsets_s"] == [0.5]
+    assert "path" not in json_safe({**rep, "path": "/tmp/server/clip.mp4"})
+
+
+def test_the_figure_shows_what_was_detected(tmp_path):
+    """On a real-looking clip (shapes) the figure carries the detected onsets of both modalities."""
+    from avgen.demo.studio import analyse_file, render_figure
+
+    clip = make_dataset("shapes", split="test", spec=SPEC)[3]
+    report = analyse_file(write_mp4(clip, tmp_path / "c.mp4"), "", None)
+    truth = [e.start_s for e in clip.events]
+    assert len(report["video_onsets_s"]) == len(truth) and len(report["audio_onsets_s"]) == len(truth)
+    assert np.allclose(report["video_onsets_s"], truth, atol=1 / 16)
+    assert report["onset_f1"] == 1.0 and abs(report["av_offset_ms"]) < 20
+    png = render_figure(clip, report, tmp_path / "f.png")
+    assert png.stat().st_size > 10_000
+
+
+def test_without_judges_the_studio_still_reports_timing(tiny_weights, tmp_path):
+    from avgen.demo.studio import Studio
+
+    s = Studio(tiny_weights, "cpu", tmp_path / "w", judges=tmp_path / "no-judges")
+    r = s.run(settings())
+    assert "video_digits" not in r.report and math.isfinite(r.report["offset_confidence"])
+    assert s.judges_note.startswith("digits are not read: no trained image judge") and r.notes == []
+
+
+# ----------------------------------------------------------------------------- the served page
+@pytest.fixture(scope="module")
+def served(tiny_weights, tiny_judges, tmp_path_factory):
+    from avgen.demo.app import build_app
+
+    seeds = tmp_path_factory.mktemp("seeds")
+    write_preset(seeds)
+    app = build_app(tiny_weights, "cpu", seeds_dir=seeds, workdir=tmp_path_factory.mktemp("app"), judges=tiny_judges)
+    app.avgen_studio.pipe.set_progress_bar_config(disable=True)
+    with serving(app) as url:
+        yield app, url
+
+
+def write_preset(folder):
+    from avgen.seeds import SeedPreset, save_preset
+
+    metrics = {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0, "onset_f1": 1.0,
+               "abs_offset_ms": 3.0, "offset_confidence": 0.5}
+    settings = {"steps": 2, "sampler": "euler", "guidance_scale": 3.0, "audio_guidance_scale": None,
+                "modality_scale": 1.0}
+    return save_preset(SeedPreset("2-7", "2 7", 11, settings, metrics), folder)
+
+
+def client(url, tmp_path):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=str(tmp_path))
+
+
+def call(c, mode="t2av", prompt="3 1 4", seed=0, steps=2, audio=None, video=None):
+    return c.predict(mode, prompt, seed, steps, 4.0, 4.0, 1.0, "euler", "cpu", audio, video, api_name="/generate")
+
+
+def test_gradio_client_generates_a_three_second_clip(served, tmp_path):
+    app, url = served
+    video, audio, figure, report_md, report = call(client(url, tmp_path))
+    d = decode_av(video)
+    assert len(d.frames) == 48 and abs(len(d.audio) / d.sample_rate - 3.0) < 0.15
+    assert audio.endswith(".wav") and figure.endswith(".png")
+    assert "| onset F1 (audio vs video, 1 frame) |" in report_md
+    assert report["prompt"] == "3 1 4" and report["video_digit_counts"][1] >= 3
+
+
+def test_gradio_client_sees_the_input_errors(served, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    c = client(url=served[1], tmp_path=tmp_path)
+    with pytest.raises(AppError, match="may only hold digits 0-9; 'x'"):
+        call(c, prompt="3 x")
+    with pytest.raises(AppError, match="500 is greater than maximum value 100"):  # the slider itself refuses it
+        call(c, steps=500)
+    silent = write_wav(np.zeros(8000, np.float32), 8000, tmp_path / "silence.wav")
+    with pytest.raises(AppError, match="silence.wav: holds no sound"):
+        call(c, mode="a2v", prompt="", audio=handle_file(str(silent)))
+
+
+def test_audio_upload_through_the_api(served, tmp_path):
+    from gradio_client import handle_file
+
+    voice = write_wav(tone(1.0), 8000, tmp_path / "voice.wav")
+    video, audio, *_ = call(client(served[1], tmp_path), mode="a2v", prompt="", audio=handle_file(str(voice)))
+    assert len(decode_av(video).frames) == 48
+
+
+def test_several_people_at_once_are_queued_and_all_served(served, tmp_path):
+    c = client(served[1], tmp_path)
+    jobs = [c.submit("t2av", p, 0, 2, 4.0, 4.0, 1.0, "euler", "cpu", None, None, api_name="/generate")
+            for p in ("1", "2 3", "4 5 6")]
+    reports = [j.result(timeout=120)[4] for j in jobs]
+    assert [r["prompt"] for r in reports] == ["1", "2 3", "4 5 6"]
+
+
+def test_served_safely(served):
+    import os
+    import urllib.error
+    import urllib.request
+
+    app, url = served
+    assert app.server_name == "127.0.0.1"
+    assert app.allowed_paths == [str(app.avgen_workdir)]
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert not app.analytics_enabled and not app.run_history  # run history can sync to the Hub
+    assert app.max_file_size == DemoLimits().max_upload_bytes
+    assert app._queue.default_concurrency_limit == 1 and app._queue.max_size is not None
+    for outside in ("/etc/hostname", str(app.avgen_studio.weights / "model_index.json")):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{url}gradio_api/file={outside}")
+        assert e.value.code == 403
+
+
+def test_examples_come_from_the_seeds_folder(served):
+    from avgen.demo.app import EXAMPLE_FIELDS
+
+    app, _ = served
+    datasets = [c for c in app.config["components"] if c["type"] == "dataset"]
+    assert len(datasets) == 1
+    samples = datasets[0]["props"]["samples"]
+    assert len(samples) == 1 and len(samples[0]) == len(EXAMPLE_FIELDS)
+    assert samples[0][:4] == ["t2av", "2 7", 11, 2] and samples[0][7] == "euler"
+
+
+def test_only_one_generation_runs_at_a_time(studio, monkeypatch):
+    """The engine's own lock: API callers that bypass the queue still never sample concurrently."""
+    active, worst = [0], [0]
+    sample = type(studio.pipe).__call__
+
+    def counting(self, *a, **k):
+        active[0] += 1
+        worst[0] = max(worst[0], active[0])
+        try:
+            return sample(self, *a, **k)
+        finally:
+            active[0] -= 1
+    monkeypatch.setattr(type(studio.pipe), "__call__", counting)
+    threads = [threading.Thread(target=studio.run, args=(settings(seed=i),)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert worst[0] == 1 and active[0] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ["avgen demo", "demos/app.py"])
+def test_the_commands_serve_the_page_on_loopback(entry, tiny_weights, tmp_path):
+    """`avgen demo` and `python demos/app.py` as a person starts them (a subprocess), until the page answers."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from tests.demo_helpers import free_port
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    start = ([sys.executable, "-c", "import sys; from avgen.cli import main; sys.exit(main())", "demo"]
+             if entry == "avgen demo" else [sys.executable, str(root / "demos" / "app.py")])
+    proc = subprocess.Popen(start + ["--weights", str(tiny_weights), "--port", str(port), "--seeds", str(tmp_path)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, html = time.time() + 120, ""
+        while time.time() < deadline and proc.poll() is None and not html:
+            try:
+                html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert "avgen studio" in html, proc.stdout.read() if proc.poll() is not None else "no answer in 120 s"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
