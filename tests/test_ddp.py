@@ -13,7 +13,10 @@ import pytest
 from avgen.train.checkpoint import checkpoint_path, read_checkpoint
 
 AVGEN = Path(sys.executable).with_name("avgen")  # the console script, which torchrun runs as a file
-TRAIN = ["train", "--preset", "tiny", "--device", "cpu", "--no-progress", "--set", "steps=3", "--set", "batch_size=4"]
+# lr = the CPU presets' 3e-4 (tiny's 1e-3 is for speed): what differs between 1 and 2 processes is the
+# order of float32 sums in the gradient all-reduce, which Adam turns into weight differences ~ lr.
+TRAIN = ["train", "--preset", "tiny", "--device", "cpu", "--no-progress", "--set", "steps=3", "--set", "batch_size=4",
+         "--set", "lr=3e-4"]
 
 
 def _run(argv: list[str]) -> None:
@@ -37,5 +40,5 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     # and the steps did train: the weights moved by far more than the tolerance
     moved = max(float((one[k] - read_checkpoint(checkpoint_path(tmp_path / "one", 2))[0][k]).abs().max())
                 for k in weights if k.startswith("model."))
-    assert moved > 1e-3
+    assert moved > 1e-4  # one Adam step moves a weight by about lr = 3e-4, 30x the tolerance
     assert '"world_size": 2' in (tmp_path / "two" / "run.json").read_text()

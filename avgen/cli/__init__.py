@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # Order = order in `avgen --help`.
-SUBCOMMANDS = ["data"]
+SUBCOMMANDS = ["data", "train", "export", "generate", "bench", "demo", "seeds", "eval", "judges"]
 
 
 class UsageError(Exception):

@@ -1,0 +1,306 @@
+"""`avgen bench`: how fast the denoising loop and training run, against this machine's ceiling.
+
+Everything is measured in ONE run on the current machine, so ratios are meaningful even on a noisy
+machine: the best dense matmul rate (`gemm_gflops`) is the ceiling, and the loop's achieved rate is
+reported as a fraction of it (`utilization`). FLOPs are counted with `torch.utils.flop_counter`
+(matmuls and attention; elementwise work is not counted, as usual for MFU).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "AVDiT-S"
+    train_preset: str = "digits-cpu"
+    steps: int = 25  # the demo's default settings
+    sampler: str = "euler"
+    guidance_scale: float = 4.0
+    modality_scale: float = 1.0
+    big_batch: int = 8
+    durations: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0)
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    gemm_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+    train_steps: int = 6
+    repeats: int = 3
+
+
+BENCH_PRESETS = {
+    "default": BenchConfig(),
+    # CI's smoke test: the same code path on a tiny model, seconds.
+    "tiny": BenchConfig(model="AVDiT-T", train_preset="tiny", steps=2, big_batch=2, durations=(1.5, 3.0),
+                        batch_sizes=(1, 2), gemm_sizes=(64, 128), train_steps=2, repeats=1),
+}
+
+
+# ----------------------------------------------------------------------------- the ceiling
+def gemm_gflops(device: torch.device, sizes, repeats: int = 3) -> dict:
+    """Best dense matmul rate over square sizes: fp32 on CPU, bf16 on CUDA (each device's fast path)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rates = {}
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        inner = max(1, int(2e9 / (2 * n ** 3)))  # ~2 GFLOP per timing, enough to dwarf timer noise
+        a @ b
+        best = math.inf
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                a @ b
+            sync(device)
+            best = min(best, (time.perf_counter() - t0) / inner)
+        rates[n] = 2 * n ** 3 / best / 1e9
+    return {"gemm_gflops": max(rates.values()), "gemm_by_size": {str(k): round(v, 1) for k, v in rates.items()},
+            "gemm_dtype": str(dtype).replace("torch.", "")}
+
+
+class count_flops:
+    """FlopCounterMode with parameters frozen for the count: its module hooks assert on a leaf that
+    requires grad when a block receives one as an argument (no autograd graph is needed to count)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.params = [p for p in module.parameters() if p.requires_grad]
+
+    def __enter__(self):
+        for p in self.params:
+            p.requires_grad_(False)
+        self._nograd, self._fc = torch.no_grad(), FlopCounterMode(display=False)
+        self._nograd.__enter__()
+        self._fc.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._fc.__exit__(*exc)
+        self._nograd.__exit__(*exc)
+        for p in self.params:
+            p.requires_grad_(True)
+        self.flops = float(self._fc.get_total_flops())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak resident memory while the block runs (CPU: sampled RSS; CUDA: the allocator's peak)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, 0.0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import psutil
+        proc, self._stop = psutil.Process(os.getpid()), threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak_mb = max(self.peak_mb, proc.memory_info().rss / 2 ** 20)
+                self._stop.wait(0.005)
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+# ----------------------------------------------------------------------------- sampling
+def make_pipeline(cfg: BenchConfig, device: torch.device, weights=None):
+    """The shipped/given weights, or a freshly initialised model of the same size (speed does not
+    depend on the weights' values)."""
+    from avgen.data import make_dataset
+    from avgen.model.pipeline import AVGenPipeline, load_pipeline
+    from avgen.model.transformer import AVDiT
+    from avgen.train.config import preset
+
+    if weights is not None:
+        return load_pipeline(weights, device=str(device), sampler=cfg.sampler)
+    tc = preset(cfg.train_preset)
+    ds = make_dataset("shapes", spec=tc.spec)
+    torch.manual_seed(0)
+    model = AVDiT.from_preset(cfg.model, tc.spec, tuple(str(d) for d in range(10)), ds.max_events, codec=tc.codec)
+    return AVGenPipeline.from_transformer(model.eval(), cfg.sampler).to(device)
+
+
+def prompts_for(pipe, batch: int) -> list[str]:
+    vocab = pipe.vocab
+    return [" ".join(vocab[(i + k) % len(vocab)] for k in range(min(3, pipe.transformer.config.max_events)))
+            for i in range(batch)]
+
+
+def time_generation(pipe, cfg: BenchConfig, batch: int, duration: float | None, device, repeats: int) -> dict:
+    """End-to-end seconds per call (prompt to frames + waveform), per-step loop time, peak memory."""
+    step_ends: list[float] = []
+
+    def on_step(p, i, t, tensors):
+        sync(device)
+        step_ends.append(time.perf_counter())
+        return {}
+
+    kwargs = dict(prompt=prompts_for(pipe, batch), duration_s=duration, num_inference_steps=cfg.steps,
+                  guidance_scale=cfg.guidance_scale, modality_scale=cfg.modality_scale,
+                  generator=[torch.Generator().manual_seed(i) for i in range(batch)])
+    pipe.set_progress_bar_config(disable=True)
+    pipe(**{**kwargs, "num_inference_steps": 1})  # warm-up (allocator, kernels, first-call costs)
+    best, best_step, peak = math.inf, math.inf, 0.0
+    for _ in range(repeats):
+        step_ends.clear()
+        with PeakMemory(device) as mem:
+            sync(device)
+            t0 = time.perf_counter()
+            out = pipe(**kwargs, callback_on_step_end=on_step)
+            sync(device)
+            total = time.perf_counter() - t0
+        best = min(best, total)
+        if len(step_ends) > 1:
+            best_step = min(best_step, (step_ends[-1] - step_ends[0]) / (len(step_ends) - 1))
+        peak = max(peak, mem.peak_mb)
+    clip_s = out.audio.shape[-1] / out.sample_rate
+    return {"generate_seconds": best / batch, "call_seconds": best, "step_seconds": best_step,
+            "clip_seconds": clip_s, "rtf": best / batch / clip_s, "peak_mem_mb": round(peak, 1)}
+
+
+def flops_per_step(pipe, cfg: BenchConfig, batch: int, duration: float | None) -> float:
+    """FLOPs of one guided denoising step (all passes of the batched forward)."""
+    from avgen.model.pipeline import Guidance
+
+    dims, n = pipe.codec.dims, pipe.codec.num_tokens(duration)
+    dev = pipe._execution_device
+    x = {m: torch.randn(batch, n, dims[m], device=dev) for m in dims}
+    t = {m: torch.full((batch,), 0.5, device=dev) for m in dims}
+    from avgen.model.objective import encode_prompts
+    labels = [p.split() for p in prompts_for(pipe, batch)]
+    cfgm = pipe.transformer.config
+    prompts = {"cond": encode_prompts(labels, pipe.vocab, cfgm.max_events, dev),
+               "uncond": encode_prompts([[]] * batch, pipe.vocab, cfgm.max_events, dev)}
+    g = Guidance(cfg.guidance_scale, cfg.guidance_scale, cfg.modality_scale, cfg.modality_scale)
+    with count_flops(pipe.transformer) as fc:
+        pipe.predict_x0(x, t, prompts, g)
+    return fc.flops
+
+
+def loop_figures(pipe, cfg: BenchConfig, batch: int, gemm: float, device) -> dict:
+    r = time_generation(pipe, cfg, batch, None, device, cfg.repeats)
+    f = flops_per_step(pipe, cfg, batch, None)
+    loop_gflops = f / r["step_seconds"] / 1e9 if math.isfinite(r["step_seconds"]) else float("nan")
+    return {"batch": batch, "flops_per_step": f, "loop_gflops": round(loop_gflops, 2),
+            "utilization": round(loop_gflops / gemm, 4), **{k: round(v, 4) if isinstance(v, float) else v
+                                                              for k, v in r.items()}}
+
+
+def fit_exponent(xs, ys) -> float:
+    """Least-squares slope of log(y) against log(x): cost ~ x ** slope."""
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def scaling(pipe, cfg: BenchConfig, device) -> dict:
+    by_dur = {d: time_generation(pipe, cfg, 1, d, device, 1)["generate_seconds"] for d in cfg.durations}
+    by_batch = {b: time_generation(pipe, cfg, b, None, device, 1)["generate_seconds"] for b in cfg.batch_sizes}
+    return {"seconds_by_duration": {str(k): round(v, 4) for k, v in by_dur.items()},
+            "duration_exponent": round(fit_exponent(list(by_dur), list(by_dur.values())), 3),
+            "seconds_per_clip_by_batch": {str(k): round(v, 4) for k, v in by_batch.items()},
+            "batch_exponent": round(fit_exponent(list(by_batch), [v * b for b, v in by_batch.items()]), 3)}
+
+
+# ----------------------------------------------------------------------------- training
+def training_forward_flops(trainer, batch) -> float:
+    """FLOPs of the loss's forward pass. A training step costs 3x this (backward = 2x forward), the
+    usual MFU convention; counted without autograd because the flop counter's module hooks do not
+    support every autograd graph."""
+    from avgen.model.objective import encode_prompts, training_loss
+
+    m = trainer.model
+    ids, mask = encode_prompts(batch.labels, m.config.vocab, m.config.max_events, trainer.rt.device)
+    with count_flops(m) as fc:
+        training_loss(m, trainer.codec, batch.frames, batch.audio, ids, mask,
+                      [torch.Generator().manual_seed(i) for i in range(len(batch.labels))], trainer.cfg.objective)
+    return fc.flops
+
+
+def training_figures(cfg: BenchConfig, gemm: float, device) -> dict:
+    """Clips/s of full training steps (data, forward, backward, AdamW, EMA) at the preset's batch."""
+    from avgen.train.config import preset
+    from avgen.train.loop import (EMA, SampleOrder, Trainer, build_dataset, build_model, build_optimizer,
+                                  build_scheduler, init_runtime, load_batch)
+    from avgen.model.codec import AVCodec
+
+    tc = preset(cfg.train_preset, {"dataset": "shapes"})  # same shapes as any dataset; needs no files
+    rt = init_runtime(str(device))
+    ds = build_dataset(tc)
+    model = build_model(tc, ds).to(device)
+    opt = build_optimizer(model, tc)
+    trainer = Trainer(tc, rt, model, model, AVCodec(tc.spec, tc.codec).to(device), EMA(model, tc.ema_decay),
+                      opt, build_scheduler(opt, tc))
+    order = SampleOrder(len(ds), tc.data_seed, shuffle=False)
+    b = tc.batch_size
+    batches = [load_batch(ds, order, range(s * b, (s + 1) * b), tc.seed, device) for s in range(cfg.train_steps + 1)]
+    flops = 3 * training_forward_flops(trainer, batches[0])
+    trainer.step(batches[0], 0)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    for s in range(1, cfg.train_steps + 1):
+        trainer.step(batches[s], s)
+    sync(device)
+    step_s = (time.perf_counter() - t0) / cfg.train_steps
+    achieved = flops / step_s / 1e9
+    return {"train_preset": cfg.train_preset, "train_batch": b, "train_step_seconds": round(step_s, 4),
+            "train_clips_per_s": round(b / step_s, 2), "train_flops_per_step": flops,
+            "train_gflops": round(achieved, 2), "train_utilization": round(achieved / gemm, 4)}
+
+
+# ----------------------------------------------------------------------------- the report
+def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print) -> dict:
+    from avgen.model.device import resolve_device
+
+    dev = resolve_device(device)
+    log(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    report = {"device": str(dev), "threads": torch.get_num_threads(), "config": cfg.__dict__ | {}}
+    report.update(gemm_gflops(dev, cfg.gemm_sizes, cfg.repeats))
+    log(f"gemm ceiling: {report['gemm_gflops']:.1f} GFLOP/s ({report['gemm_dtype']})")
+    pipe = make_pipeline(cfg, dev, weights)
+    report["params"] = sum(p.numel() for p in pipe.transformer.parameters())
+    batches = [loop_figures(pipe, cfg, b, report["gemm_gflops"], dev) for b in (1, cfg.big_batch)]
+    report.update({k: v for k, v in batches[0].items() if k != "batch"})
+    report["batches"] = {str(r["batch"]): r for r in batches}
+    log("loop measured")
+    report["scaling"] = scaling(pipe, cfg, dev)
+    log("scaling measured")
+    report.update(training_figures(cfg, report["gemm_gflops"], dev))
+    report["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()}
+    return report
+
+
+def format_table(r: dict) -> str:
+    rows = [("device / threads", f"{r['device']} / {r['threads']}"),
+            ("gemm ceiling", f"{r['gemm_gflops']:.1f} GFLOP/s {r['gemm_dtype']} {r['gemm_by_size']}"),
+            ("model params", f"{r['params'] / 1e6:.2f} M")]
+    for b, x in r["batches"].items():
+        rows += [(f"batch {b}: FLOPs/step", f"{x['flops_per_step'] / 1e9:.2f} GFLOP"),
+                 (f"batch {b}: loop", f"{x['loop_gflops']:.1f} GFLOP/s = {100 * x['utilization']:.1f}% of gemm"),
+                 (f"batch {b}: per clip", f"{x['generate_seconds']:.3f} s for {x['clip_seconds']:.2f} s "
+                                          f"(rtf {x['rtf']:.3f}), peak {x['peak_mem_mb']:.0f} MB")]
+    s = r["scaling"]
+    rows += [("s/clip by duration", f"{s['seconds_by_duration']} exponent {s['duration_exponent']}"),
+             ("s/clip by batch", f"{s['seconds_per_clip_by_batch']} (batch cost exponent {s['batch_exponent']})"),
+             ("training", f"{r['train_clips_per_s']} clips/s at batch {r['train_batch']} "
+                          f"({r['train_gflops']} GFLOP/s = {100 * r['train_utilization']:.1f}% of gemm)")]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

@@ -1,0 +1,28 @@
+"""`avgen bench --json OUT.json`: the speed of the denoising loop and of training on this machine."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def cmd_bench(args) -> int:
+    from avgen.bench import BENCH_PRESETS, format_table, run_bench
+
+    if args.preset not in BENCH_PRESETS:
+        raise ValueError(f"unknown bench preset {args.preset!r}; choose one of {', '.join(BENCH_PRESETS)}")
+    report = run_bench(BENCH_PRESETS[args.preset], device=args.device, weights=args.weights)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure the denoising loop and training against this machine's matmul ceiling")
+    p.add_argument("--json", default=None, help="write the figures to this JSON file")
+    p.add_argument("--preset", default="default", help="default (the demo's settings) or tiny (a smoke test)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--weights", default=None, help="time these weights instead of a fresh model of the same size")
+    p.set_defaults(func=cmd_bench)

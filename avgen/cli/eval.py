@@ -1,0 +1,180 @@
+"""`avgen eval`: sync quality and audio-video consistency of clips (see avgen/eval/suite.py).
+
+    avgen eval PATH [PATH ...] --json OUT.json [--prompts MANIFEST.json]
+    avgen eval --dataset talking-digits --split test --n 200 --json OUT.json [--shift-ms MS | --swap-audio |
+               --random-events | --corrupt noise|shuffle] [--frechet]
+    avgen eval --generate N --weights DIR --json OUT.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from avgen.cli import UsageError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="measure AV sync and consistency of video files, dataset controls or a model",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", help="video files with sound, or folders of them")
+    p.add_argument("--json", type=Path, default=None, help="write per-clip records and the summary here "
+                   "(plots go beside it: NAME.envelopes.png, NAME.offsets.png)")
+    p.add_argument("--prompts", default=None, help="JSON manifest {file: prompt} for digit accuracy of given files")
+    g = p.add_argument_group("dataset controls (render real clips, write mp4, evaluate the files)")
+    g.add_argument("--dataset", default=None, help="talking-digits or shapes (with --generate: the real reference)")
+    g.add_argument("--split", default="test", choices=["train", "test"])
+    g.add_argument("--n", type=int, default=100, help="clips to render (default: %(default)s)")
+    g.add_argument("--shift-ms", type=float, default=0.0, help="delay the audio by MS (negative: advance it)")
+    g.add_argument("--swap-audio", action="store_true", help="take each clip's audio from another clip")
+    g.add_argument("--random-events", action="store_true", help="move each event's sound to a random time")
+    g.add_argument("--corrupt", choices=["noise", "shuffle"], default=None,
+                   help="noise: noise frames and audio; shuffle: frames and 0.1 s audio chunks in random order")
+    g.add_argument("--frechet", action="store_true",
+                   help="also FD / KID against 2N other real clips, with the real-vs-real floor")
+    g = p.add_argument_group("a model")
+    g.add_argument("--generate", type=int, default=None, metavar="N", help="generate N clips and evaluate them")
+    g.add_argument("--weights", default=None, help="model weights folder (for --generate)")
+    g.add_argument("--steps", type=int, default=25, help="sampling steps (for --generate)")
+    g.add_argument("--device", default="auto")
+    p.add_argument("--judges", default=None, help="judges folder (default: weights/judges)")
+    p.add_argument("--no-judges", action="store_true", help="skip digit reading and Frechet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None, help="folder holding fsdd/ and mnist/")
+    p.add_argument("--work-dir", default=None, help="keep rendered / generated mp4 files here (default: a temp dir)")
+    p.add_argument("--per-clip", action="store_true", help="print one line per clip")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the judges (one is fastest for their small convolutions on a busy CPU)")
+    p.set_defaults(func=run)
+
+
+def mode_of(args) -> str:
+    modes = [m for m, on in (("files", bool(args.paths)), ("generate", args.generate is not None),
+                             ("dataset", args.dataset is not None and args.generate is None)) if on]
+    if len(modes) != 1:
+        raise UsageError("give video PATHs, or --dataset NAME, or --generate N --weights DIR (exactly one)")
+    mode = modes[0]
+    controls = args.shift_ms or args.swap_audio or args.random_events or args.corrupt
+    if controls and mode != "dataset":
+        raise UsageError("--shift-ms, --swap-audio, --random-events and --corrupt apply to --dataset clips only")
+    if mode == "generate" and (args.weights is None or args.generate < 1):
+        raise UsageError("--generate N needs N >= 1 and --weights DIR")
+    if args.prompts and mode != "files":
+        raise UsageError("--prompts applies to given files (dataset and generated clips know their prompts)")
+    if (args.frechet or mode == "generate") and reference_name(args) != "talking-digits":
+        raise UsageError("Frechet distances use the digit judges' features: talking-digits only")
+    return mode
+
+
+def load_judges(args, required: bool):
+    from avgen.eval.judges import Judges
+
+    if args.no_judges:
+        if required:
+            raise UsageError("--generate and --frechet need the judges; drop --no-judges")
+        return None
+    try:
+        return Judges.load(args.judges)
+    except FileNotFoundError as e:
+        if required:
+            raise
+        print(f"avgen eval: note: {e}; digit metrics skipped", file=sys.stderr)
+        return None
+
+
+def run(args) -> int:
+    import torch
+
+    mode = mode_of(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        return evaluate_and_report(args, mode)
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process (tests, the demo) keep theirs
+
+
+def evaluate_and_report(args, mode: str) -> int:
+    from avgen.eval import suite
+
+    cfg = suite.EvalConfig(seed=args.seed)
+    judges = load_judges(args, required=mode == "generate" or args.frechet)
+    meta = {"mode": mode, "config": suite.config_json(cfg), "argv": sys.argv[1:]}
+    with suite.WorkDir(args.work_dir) as work:
+        t0 = time.time()
+        items = collect_items(args, mode, work, meta)
+        meta["seconds_render"] = round(time.time() - t0, 2)
+        report = suite.evaluate(items, cfg, judges, progress=progress if len(items) >= 50 else None)
+        if mode == "generate" or args.frechet:
+            add_frechet(report, args, cfg, judges, work)
+    meta["seconds_eval"] = round(report.seconds, 2)
+    print_report(report, args, meta)
+    if args.json:
+        suite.write_json(report, args.json, meta)
+        print(f"wrote {args.json}")
+        if not args.no_plots:
+            write_plots(report, args.json, cfg)
+    return 0
+
+
+def collect_items(args, mode: str, work: Path, meta: dict) -> list:
+    """The files to evaluate: given ones, or dataset / generated clips written to `work`."""
+    from avgen.eval import suite
+
+    if mode == "files":
+        return suite.file_items(args.paths, suite.read_manifest(args.prompts) if args.prompts else None)
+    if mode == "dataset":
+        control = suite.Control(args.shift_ms, args.swap_audio, args.random_events, args.corrupt)
+        meta.update(dataset=args.dataset, split=args.split, control=control.describe())
+        return suite.dataset_items(args.dataset, args.split, args.n, work / "clips", control, args.seed, args.data_root)
+    meta.update(weights=str(args.weights), dataset=reference_name(args))
+    return suite.generated_items(args.weights, args.generate, work / "generated", args.seed, reference_name(args),
+                                 args.steps, args.device, args.data_root)
+
+
+def reference_name(args) -> str:
+    return args.dataset or "talking-digits"
+
+
+def add_frechet(report, args, cfg, judges, work: Path) -> None:
+    """FD / KID against 2N real test clips of another seed (rendered and read like the rest)."""
+    from avgen.eval import suite
+
+    n = len(report.analyses)
+    ref_items = suite.dataset_items(reference_name(args), "test", 2 * n, work / "reference", seed=args.seed + 1,
+                                    data_root=args.data_root)
+    reference = suite.evaluate(ref_items, cfg, judges)
+    report.summary.update(suite.frechet_summary(report.analyses, reference.analyses, n, seed=args.seed))
+
+
+def progress(done: int, total: int) -> None:
+    if done % 25 == 0 or done == total:
+        print(f"\r  evaluated {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+def print_report(report, args, meta) -> None:
+    from avgen.eval import suite
+
+    if args.per_clip or len(report.clips) <= 12:
+        print(suite.clip_table(report.clips))
+        print()
+    s = report.summary
+    head = f"avgen eval ({meta['mode']}"
+    head += f", {meta['dataset']} {meta.get('split', '')}, control: {meta['control']}" if meta["mode"] == "dataset" else ""
+    print(f"{head}): {s['n_clips']} clips, {s['n_errors']} unreadable, analysed in {report.seconds:.1f} s")
+    print(suite.format_table(s))
+
+
+def write_plots(report, json_path: Path, cfg) -> None:
+    from avgen.eval import suite
+
+    stem = json_path.with_suffix("")
+    written = [suite.plot_envelopes(report.analyses, Path(f"{stem}.envelopes.png"), cfg.n_plots),
+               suite.plot_offsets(report.clips, Path(f"{stem}.offsets.png"))]
+    if any(w is None for w in written) and suite.pyplot() is None:
+        print("avgen eval: note: matplotlib is not installed; plots skipped", file=sys.stderr)
+    for w in written:
+        if w is not None:
+            print(f"wrote {w}")

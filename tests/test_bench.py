@@ -1,0 +1,34 @@
+"""`avgen bench` runs end to end on a tiny config and reports every figure (speed is not asserted:
+benchmarks are measurements, not timed tests)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from avgen.cli import main
+
+
+@pytest.mark.slow
+def test_bench_tiny(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for key in ("gemm_gflops", "loop_gflops", "utilization", "generate_seconds", "clip_seconds", "rtf",
+                "peak_mem_mb", "train_clips_per_s", "train_utilization", "flops_per_step"):
+        assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
+    assert set(r["batches"]) == {"1", "2"}
+    assert abs(r["rtf"] - r["generate_seconds"] / r["clip_seconds"]) < 1e-3
+    assert set(r["scaling"]["seconds_by_duration"]) == {"1.5", "3.0"}
+    assert "gemm ceiling" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_preset(capsys):
+    assert main(["bench", "--preset", "huge"]) == 2
+    assert "unknown bench preset" in capsys.readouterr().err
+
+
+def test_fit_exponent():
+    from avgen.bench import fit_exponent
+    assert abs(fit_exponent([1, 2, 4, 8], [3, 12, 48, 192]) - 2.0) < 1e-9

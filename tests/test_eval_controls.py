@@ -1,0 +1,127 @@
+"""The issue's controls on real Talking Digits test clips (the `data` marker: needs ../shared/data).
+
+ceiling (through mp4): onset F1 >= 0.95 against ground truth per modality, median |offset| <= 15 ms;
+shifts of +-1, 2, 4, 6 frames and +-30 ms move the offset by the shift (within 15 ms, >= 95 %
+of clips) and AV onset F1 falls past one frame; swapped audio: AV agreement at chance; random
+events: onset F1 at its floor; mp4 (AAC) and webm (Opus) offsets within 10 ms of the raw clip;
+Frechet: noise and shuffled frames far above the real-vs-real floor. Small N here (seconds);
+the note reports the same controls at N = 200 through `avgen eval`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avgen.data import make_dataset
+from avgen.data.io import to_uint8_rgb, upscale, write_mp4, write_video
+from avgen.eval.judges import Judges
+from avgen.eval.onsets import AVSignal
+from avgen.eval.suite import (Control, EvalConfig, Item, analyse, control_clip, evaluate, frechet_summary,
+                              load_signal)
+
+pytestmark = pytest.mark.data
+FAST = EvalConfig(av_align=False)
+N = 24
+FRAME_MS = 62.5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The judges' small convolutions run ~10x faster on one thread when the CPU is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ds(data_root):
+    return make_dataset("talking-digits", split="test", data_root=data_root)
+
+
+@pytest.fixture(scope="module")
+def judges():
+    return Judges.load()
+
+
+@pytest.fixture(scope="module")
+def base_offsets(ds):
+    return [analyse(AVSignal.from_clip(ds[i]), FAST).record["av_offset_ms"] for i in range(N)]
+
+
+def render(ds, control, d, n=N, fmt="mp4"):
+    items = []
+    for i in range(n):
+        clip, truth = control_clip(ds, i, control, n, 0)
+        path = d / f"{i}.{fmt}"
+        if fmt == "mp4":
+            write_mp4(clip, path)
+        else:
+            write_video(path, to_uint8_rgb(upscale(clip.frames, 8)), clip.fps, clip.audio, clip.sample_rate)
+        items.append(Item(path, clip.prompt, truth))
+    return items
+
+
+def test_ceiling_through_mp4(ds, judges, tmp_path):
+    s = evaluate(render(ds, Control(), tmp_path), FAST, judges).summary
+    assert s["onset_f1_video_gt"]["mean"] >= 0.95 and s["onset_f1_audio_gt"]["mean"] >= 0.95
+    assert s["median_abs_offset_ms"]["value"] <= 15.0 and s["onset_f1"]["mean"] >= 0.95
+    assert s["video_digit_accuracy"]["value"] >= 0.95 and s["audio_digit_accuracy"]["value"] >= 0.9
+    assert s["av_agreement"]["value"] >= 0.9
+
+
+@pytest.mark.parametrize("shift_ms", [-6 * FRAME_MS, -4 * FRAME_MS, -2 * FRAME_MS, -FRAME_MS, -30.0, 30.0, FRAME_MS,
+                                      2 * FRAME_MS, 4 * FRAME_MS, 6 * FRAME_MS])
+def test_shifted_audio_moves_the_offset_by_the_shift(ds, base_offsets, shift_ms):
+    deltas, f1 = [], []
+    for i, base in enumerate(base_offsets):
+        clip, _ = control_clip(ds, i, Control(shift_ms=shift_ms), N, 0)
+        rec = analyse(AVSignal.from_clip(clip), FAST).record
+        deltas.append(rec["av_offset_ms"] - base)
+        f1.append(rec["onset_f1"])
+    hit = np.abs(np.array(deltas) - shift_ms) <= 15.0
+    assert hit.mean() >= 0.95, np.round(deltas, 1)
+    if abs(shift_ms) <= 30:  # within one frame the onsets still match
+        assert np.nanmean(f1) >= 0.9
+    if abs(shift_ms) >= 2 * FRAME_MS:  # past one frame of tolerance they stop matching
+        assert np.nanmean(f1) < 0.2
+
+
+def test_swapped_audio_falls_to_chance_agreement(ds, judges):
+    agree = np.zeros(2)
+    for i in range(40):
+        clip, _ = control_clip(ds, i, Control(swap_audio=True), 40, 0)
+        rec = analyse(AVSignal.from_clip(clip), FAST, judges, clip.prompt).record
+        agree += rec["av_agreement_counts"]
+    assert agree[0] / agree[1] < 0.25  # chance is ~10 %; unequal event counts make it lower still
+
+
+def test_random_events_fall_to_the_onset_f1_floor(ds):
+    f1 = [analyse(AVSignal.from_clip(control_clip(ds, i, Control(random_events=True), 40, 0)[0]), FAST)
+          .record["onset_f1"] for i in range(40)]
+    assert np.nanmean(f1) < 0.35
+
+
+def test_mp4_and_webm_offsets_match_the_raw_clip(ds, tmp_path, base_offsets):
+    n = 12
+    raw = np.array(base_offsets[:n])
+    for fmt in ("mp4", "webm"):
+        items = render(ds, Control(), tmp_path / fmt, n, fmt)
+        got = np.array([analyse(load_signal(it.path, FAST), FAST).record["av_offset_ms"] for it in items])
+        assert np.mean(np.abs(got - raw) <= 10.0) >= 0.9, (fmt, np.round(got - raw, 1))
+
+
+def test_frechet_noise_and_shuffled_clips_far_above_the_floor(ds, judges):
+    def analyses(control, start, n):
+        return [analyse(AVSignal.from_clip(control_clip(ds, i, control, 10_000, 0)[0]), FAST, judges,
+                        ds[i].prompt) for i in range(start, start + n)]
+
+    n = 50
+    real = analyses(Control(), 0, 2 * n)
+    for how in ("noise", "shuffle"):
+        s = frechet_summary(analyses(Control(corrupt=how), 500, n), real, n, repeats=5)
+        for m in ("video", "audio"):
+            fl = s[f"fd_{m}_floor"]
+            assert s[f"fd_{m}"] > fl["mean"] + 10 * fl["std"] and s[f"fd_{m}"] > 3 * fl["mean"], (how, m, s)
