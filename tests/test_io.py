@@ -98,3 +98,13 @@ def test_frames_wav_and_sheet(tmp_path):
     paths = write_preview(make_dataset("shapes"), 2, tmp_path / "prev", scale=4)
     assert [p.suffix for p in paths] == [".mp4", ".png", ".mp4", ".png"]
     assert decode_av(paths[0]).frames.shape[1] == 128
+
+
+def test_frame_rate_falls_back_to_timestamps():
+    from fractions import Fraction
+    from avgen.data.io import _frame_rate
+    times = np.arange(10) / 16
+    assert _frame_rate(Fraction(16), times) == 16
+    assert _frame_rate(Fraction(-36161), times) == pytest.approx(16)
+    assert _frame_rate(None, times) == pytest.approx(16)
+    assert _frame_rate(None, np.zeros(1)) == 25.0

@@ -169,6 +169,17 @@ def _audio_array(frame) -> np.ndarray:
     return x
 
 
+def _frame_rate(declared, times: np.ndarray) -> float:
+    """The container's average rate when it agrees with the frames' timestamps (within 5%), else the
+    timestamps' own rate: PyAV's `average_rate` is occasionally garbage (seen: -36161 fps)."""
+    steps = np.diff(times)
+    measured = 1.0 / float(np.median(steps)) if len(steps) and np.median(steps) > 0 else None
+    rate = float(declared) if declared else None
+    if rate is not None and rate > 0 and (measured is None or abs(rate / measured - 1) < 0.05):
+        return rate
+    return measured if measured is not None else 25.0
+
+
 def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True) -> Decoded:
     """Decode the first video and audio streams of a file.
 
@@ -225,8 +236,7 @@ def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True
     vt = np.asarray(vtimes, np.float64)
     order = np.argsort(vt, kind="stable")
     vt, frames = vt[order], [frames[i] for i in order]
-    fps = float(vs.average_rate) if vs.average_rate else (
-        (len(vt) - 1) / (vt[-1] - vt[0]) if len(vt) > 1 and vt[-1] > vt[0] else 25.0)
+    fps = _frame_rate(vs.average_rate, vt)
     audio = np.concatenate(chunks) if chunks else None
     return Decoded(str(p), np.stack(frames), vt - vt[0], fps, audio, int(sr or 0),
                    float((a_start or 0.0) - vt[0]))
