@@ -142,6 +142,9 @@ def test_a_progress_bar_counts_the_sampling_steps(browser, served, monkeypatch):
     steps = page.locator("#steps input[type=number]")  # the slider's number box
     steps.fill("60")
     steps.press("Enter")
+    # the page sends the slider's value with the click: wait until the slider itself shows 60
+    page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '60'",
+                           timeout=10_000)
     page.locator("#generate").click()
     page.get_by_text(re.compile(r"\d+/60 steps")).first.wait_for(timeout=60_000)
     page.wait_for_selector("#report table", timeout=120_000)

@@ -149,6 +149,15 @@ def test_callback_sees_and_can_replace_latents(pipe):
     assert torch.equal(out.audio, torch.zeros_like(out.audio))
 
 
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_generate_reports_every_step_in_the_steps_asked_for(pipe, sampler):
+    seen = []
+    generate(pipe, GenerateSettings(prompt="3", steps=3, sampler=sampler), on_step=lambda i, n: seen.append((i, n)))
+    assert seen[-1] == (3, 3) and all(n == 3 for _, n in seen)
+    assert [i for i, _ in seen] == sorted(i for i, _ in seen) and seen[0][0] >= 1
+    assert len(seen) == pipe.num_timesteps  # one report per scheduler step (Heun has more than 3)
+
+
 def test_save_load_gives_the_same_clip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     loaded = AVGenPipeline.from_pretrained(tmp_path)

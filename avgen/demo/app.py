@@ -175,7 +175,7 @@ def make_handler(studio: Studio):
     from avgen.model.pipeline import GenerateSettings
 
     def generate(mode, prompt, seed, steps, guidance, audio_guidance, modality, sampler, device, audio, video,
-                 progress=gr.Progress(track_tqdm=True)):
+                 progress=gr.Progress()):
         settings = GenerateSettings(prompt=prompt or "", seed=seed, steps=steps, sampler=sampler,
                                     guidance_scale=guidance, audio_guidance_scale=audio_guidance,
                                     modality_scale=modality, device=device, mode=mode)

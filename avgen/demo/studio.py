@@ -123,7 +123,8 @@ class Studio:
             self._move_to(settings.device)
             say(0.05, "sampling")
             t0 = time.perf_counter()
-            clip = generate(self.pipe, settings, **given)[0]
+            clip = generate(self.pipe, settings, **given,
+                            on_step=lambda i, n: say(0.05 + 0.75 * i / n, f"sampling: {i}/{n} steps"))[0]
             seconds = time.perf_counter() - t0
         out = self._result_dir()
         say(0.8, "writing the mp4")

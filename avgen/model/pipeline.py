@@ -203,6 +203,11 @@ class AVGenPipeline(DiffusionPipeline):
             return frames, waves
         return AVGenPipelineOutput(frames, waves, self.codec.spec.fps, self.codec.spec.sample_rate)
 
+    @property
+    def num_timesteps(self) -> int:
+        """Scheduler steps in the current (or last) sampling run."""
+        return self._num_timesteps
+
     @staticmethod
     def check_inputs(output_type: str, num_inference_steps: int, audio, video) -> None:
         if output_type not in ("np", "pt", "latent"):
@@ -310,9 +315,11 @@ def load_pipeline(weights_dir=DEFAULT_WEIGHTS, device: str = "auto", sampler: st
     return pipe
 
 
-def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=None) -> list[Clip]:
+def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=None,
+             on_step: Callable[[int, int], None] | None = None) -> list[Clip]:
     """Clips for `settings`; clip i uses seed `settings.seed + i` alone, so it does not depend on
-    how many clips are made together. `audio` (S,) / `video` (T, H, W, C) make it A2V / V2A."""
+    how many clips are made together. `audio` (S,) / `video` (T, H, W, C) make it A2V / V2A.
+    `on_step(done, total)` is called after every sampling step (a progress bar's feed)."""
     n = settings.num_clips
     if n < 1:
         raise ValueError(f"num_clips must be >= 1, got {n}")
@@ -320,10 +327,19 @@ def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=
     generators = [torch.Generator("cpu").manual_seed(settings.seed + i) for i in range(n)]
     out = pipe([settings.prompt] * n, duration_s=settings.duration, num_inference_steps=settings.steps,
                guidance_scale=settings.guidance_scale, audio_guidance_scale=settings.audio_guidance_scale,
-               modality_scale=settings.modality_scale, generator=generators, audio=audio, video=video)
+               modality_scale=settings.modality_scale, generator=generators, audio=audio, video=video,
+               callback_on_step_end=None if on_step is None else _step_reporter(on_step, settings.steps))
     return [Clip(out.frames[i].astype(np.float32), out.audio[i].astype(np.float32), out.fps, out.sample_rate,
                  prompt=settings.prompt, meta={"seed": settings.seed + i, "mode": settings.mode})
             for i in range(n)]
+
+
+def _step_reporter(on_step: Callable[[int, int], None], steps: int) -> Callable:
+    """A step-end callback counting in the steps asked for (Heun runs ~2 scheduler steps per step)."""
+    def report(pipe, i, t, tensors):
+        on_step(max(1, round((i + 1) * steps / pipe.num_timesteps)), steps)
+        return {}
+    return report
 
 
 def sha256_file(path: Path) -> str:
