@@ -272,7 +272,8 @@ def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print) -
 
     dev = resolve_device(device)
     log(f"device {dev}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    report = {"device": str(dev), "threads": torch.get_num_threads(), "config": cfg.__dict__ | {}}
+    report = {"device": str(dev), "threads": torch.get_num_threads(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "config": cfg.__dict__ | {}}
     report.update(gemm_gflops(dev, cfg.gemm_sizes, cfg.repeats))
     log(f"gemm ceiling: {report['gemm_gflops']:.1f} GFLOP/s ({report['gemm_dtype']})")
     pipe = make_pipeline(cfg, dev, weights)

@@ -38,7 +38,10 @@ def test_missing_or_mismatched_weights_fail_loudly(tmp_path):
     cfg = json.loads((tmp_path / "image.json").read_text())
     cfg["config"]["channels"] = [8, 8, 8]
     (tmp_path / "image.json").write_text(json.dumps(cfg))
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(ValueError, match=r"image\.safetensors: does not fit .* wrong shape"):
+        Judge.load(tmp_path, "image")  # names the file, before anything is loaded
+    (tmp_path / "image.safetensors").write_bytes(b"\x80\x04 a pickle, not safetensors")
+    with pytest.raises(ValueError, match=r"image\.safetensors: not a readable safetensors file"):
         Judge.load(tmp_path, "image")
 
 

@@ -56,8 +56,10 @@ def test_bad_invocations_are_one_line_usage_errors(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope.mp4")]) == 2
     assert main(["eval", "--dataset", "shapes", "--generate", "2"]) == 2  # no --weights
     assert main(["eval", str(tmp_path), "--shift-ms", "30"]) == 2  # controls need --dataset
+    assert main(["eval", "--dataset", "shapes", "--duration", "6"]) == 2  # --duration is for --generate
+    assert main(["eval", "--dataset", "shapes", "--frechet"]) == 2  # FD lives in the digit judges' features
     err = capsys.readouterr().err
-    assert err.count("error:") == 4 and "Traceback" not in err
+    assert err.count("error:") == 6 and "Traceback" not in err
 
 
 def test_dataset_controls_on_shapes_through_the_cli(tmp_path):
@@ -69,6 +71,9 @@ def test_dataset_controls_on_shapes_through_the_cli(tmp_path):
     ceiling, shift, rand = (runs[k]["summary"] for k in ("ceiling", "shift", "random"))
     assert ceiling["onset_f1_video_gt"]["mean"] == 1.0 and ceiling["onset_f1_audio_gt"]["mean"] == 1.0
     assert ceiling["onset_f1"]["mean"] == 1.0 and ceiling["median_abs_offset_ms"]["value"] <= 15
+    # the shapes template judges read every glyph and tone of real clips (through mp4)
+    assert ceiling["video_digit_accuracy"]["value"] == 1.0 and ceiling["audio_digit_accuracy"]["value"] == 1.0
+    assert ceiling["av_agreement"]["value"] == 1.0
     # the audio ground truth moves with the shift: the detector still finds it
     assert shift["onset_f1_audio_gt"]["mean"] >= 0.9 and shift["onset_f1"]["mean"] < 0.5
     assert abs(shift["av_offset_ms"]["median"] - 125 - ceiling["av_offset_ms"]["median"]) <= 15
@@ -150,3 +155,31 @@ def test_generate_mode_with_a_tiny_untrained_model(tmp_path, data_root):
         assert key in s, key
     # an untrained model draws noise: far from real digits, in both judges' feature spaces
     assert s["fd_video"] > 3 * s["fd_video_floor"]["mean"] and s["fd_audio"] > 3 * s["fd_audio_floor"]["mean"]
+
+
+@pytest.mark.slow
+def test_generate_mode_on_shapes_reads_glyphs_and_takes_a_duration(tmp_path):
+    import torch
+
+    from avgen.data.shapes import GLYPHS
+    from avgen.model.pipeline import AVGenPipeline
+    from avgen.model.transformer import AVDiT
+
+    torch.manual_seed(0)
+    model = AVDiT.from_preset("AVDiT-T", ClipSpec(duration=1.0), tuple(GLYPHS), 3)
+    AVGenPipeline.from_transformer(model.eval()).save_pretrained(tmp_path / "w")
+    out = tmp_path / "gen.json"
+    assert main(["eval", "--generate", "2", "--dataset", "shapes", "--weights", str(tmp_path / "w"), "--steps", "2",
+                 "--duration", "2", "--device", "cpu", "--json", str(out), "--no-plots"]) == 0
+    doc = json.loads(out.read_text())
+    assert all(rec["duration_s"] == 2.0 for rec in doc["clips"])  # twice the training duration
+    assert "video_digit_counts" in doc["clips"][0] and "fd_video" not in doc["summary"]  # no FD for shapes
+    # audio -> video from real test clips, with the null prompt: scored against the real clips' prompts
+    out = tmp_path / "a2v.json"
+    assert main(["eval", "--generate", "2", "--dataset", "shapes", "--weights", str(tmp_path / "w"), "--steps", "1",
+                 "--mode", "a2v", "--no-prompt", "--device", "cpu", "--json", str(out), "--no-plots"]) == 0
+    doc = json.loads(out.read_text())
+    real = make_dataset("shapes", split="test", spec=ClipSpec(duration=1.0))
+    assert [rec["prompt"] for rec in doc["clips"]] == [real[0].prompt, real[1].prompt]
+    assert doc["generate_mode"] == "a2v" and doc["prompt"] is False
+    assert main(["eval", "--dataset", "shapes", "--mode", "v2a"]) == 2  # --mode is for --generate

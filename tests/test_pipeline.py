@@ -190,3 +190,41 @@ def test_cli_generate(pipe, tmp_path, capsys):
     assert main(["generate", "3", "--out", str(out), "--weights", str(tmp_path / "missing")]) == 2
     assert "no model weights" in capsys.readouterr().err
     assert main(["generate", "3 x", "--out", str(out), "--weights", str(tmp_path / "w")]) == 2
+
+
+@pytest.mark.parametrize("bad", [dict(guidance_scale=float("nan")), dict(modality_scale=float("inf")),
+                                 dict(steps="10"), dict(steps=0), dict(seed=-1), dict(num_clips=True),
+                                 dict(sampler="ddim"), dict(mode="x2y"), dict(duration=float("nan")),
+                                 dict(prompt=3)])
+def test_generate_refuses_settings_no_clip_can_come_from_with_one_line(pipe, bad):
+    with pytest.raises(ValueError) as e:
+        generate(pipe, GenerateSettings(**{"prompt": "3", **bad}))
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_the_pipeline_call_checks_its_scales_and_steps(pipe):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        pipe("3", guidance_scale=float("nan"), num_inference_steps=1)
+    with pytest.raises(ValueError, match="whole number"):
+        pipe("3", num_inference_steps=2.5)
+    with pytest.raises(ValueError, match="a prompt is text"):
+        pipe([3], num_inference_steps=1)
+    with pytest.raises(ValueError, match=r"\.\.\."):  # a huge prompt is cut in the message
+        pipe(" ".join(["3"] * 500), num_inference_steps=1)
+
+
+def test_load_pipeline_refuses_weights_that_do_not_fit_naming_the_file(pipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from avgen.model.pipeline import weights_file
+
+    pipe.save_pretrained(tmp_path)
+    path = weights_file(tmp_path)
+    tensors = load_file(str(path))
+    name = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != name}, str(path))
+    with pytest.raises(ValueError, match=f"{path.name}.*missing"):
+        load_pipeline(tmp_path, device="cpu")
+    path.write_bytes(b"\x80\x04not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_pipeline(tmp_path, device="cpu")

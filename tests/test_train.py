@@ -69,6 +69,12 @@ def test_lr_schedule_warms_up_then_decays_or_stays():
     assert lr_factor(100, cfg) == pytest.approx(0.1) and lr_factor(10_000, cfg) == pytest.approx(0.1)
     flat = cfg.override(["lr_schedule=constant"])
     assert [lr_factor(s, flat) for s in (10, 50, 10_000)] == [1.0, 1.0, 1.0]
+    wsd = cfg.override(["lr_schedule=wsd", "decay_steps=20"])  # flat to step 80, then down to 0.1 at 100
+    assert [lr_factor(s, wsd) for s in (10, 50, 79)] == [1.0, 1.0, 1.0]
+    assert lr_factor(89, wsd) == pytest.approx(1 - 0.9 * 10 / 20) and lr_factor(99, wsd) == pytest.approx(0.1)
+    assert lr_factor(10_000, wsd) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="decay_steps"):
+        cfg.override(["lr_schedule=wsd"]).check()  # a cooldown of no steps
 
 
 # ---------------------------------------------------------------------------- data and randomness

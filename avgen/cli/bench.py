@@ -10,6 +10,11 @@ def cmd_bench(args) -> int:
 
     if args.preset not in BENCH_PRESETS:
         raise ValueError(f"unknown bench preset {args.preset!r}; choose one of {', '.join(BENCH_PRESETS)}")
+    if args.json and Path(args.json).is_dir():
+        raise ValueError(f"--json {args.json} is a directory; give a file name")
+    if args.weights:
+        from avgen.train.checkpoint import check_weights_folder
+        check_weights_folder(args.weights)
     report = run_bench(BENCH_PRESETS[args.preset], device=args.device, weights=args.weights)
     print(format_table(report))
     if args.json:

@@ -5,6 +5,7 @@ import argparse
 import json
 import time
 
+from avgen.cli import SEED, number, whole
 from avgen.data import ClipSpec, make_dataset
 
 
@@ -12,10 +13,11 @@ def add_dataset_args(p: argparse.ArgumentParser, default: str = "talking-digits"
     """Flags every command that reads a dataset shares (data, train, eval)."""
     p.add_argument("--dataset", default=default, help="talking-digits, shapes or folder:PATH (default: %(default)s)")
     p.add_argument("--split", default="train", choices=["train", "test"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--data-root", default=None,
                    help="folder holding fsdd/ and mnist/ (default: $AVGEN_DATA, else ../shared/data)")
-    p.add_argument("--duration", type=float, default=ClipSpec.duration, help="clip length in seconds")
+    p.add_argument("--duration", type=number(0.0, 60.0, above=True), default=ClipSpec.duration,
+                   help="clip length in seconds")
 
 
 def dataset_from_args(args):
@@ -113,10 +115,10 @@ def register(sub) -> None:
 
     q = dsub.add_parser("preview", help="write N clips as mp4 + PNG sheet (frames over spectrogram, events marked)")
     add_dataset_args(q)
-    q.add_argument("--n", type=int, default=4, help="number of clips (default: %(default)s)")
-    q.add_argument("--start", type=int, default=0, help="index of the first clip")
+    q.add_argument("--n", type=whole(1, 10_000), default=4, help="number of clips (default: %(default)s)")
+    q.add_argument("--start", type=whole(0), default=0, help="index of the first clip")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--scale", type=int, default=8, help="upscaling of the mp4 picture (default: %(default)s)")
+    q.add_argument("--scale", type=whole(1, 64), default=8, help="upscaling of the mp4 picture (default: %(default)s)")
     q.set_defaults(func=cmd_preview)
 
     q = dsub.add_parser("download", help="download FSDD v1.0.10 and the MNIST test set and verify their SHA-256")
@@ -132,5 +134,5 @@ def register(sub) -> None:
 
     q = dsub.add_parser("stats", help="clips/s on one core and what the trimming rule does")
     add_dataset_args(q)
-    q.add_argument("--n", type=int, default=2000)
+    q.add_argument("--n", type=whole(1, 1_000_000), default=2000)
     q.set_defaults(func=cmd_stats)

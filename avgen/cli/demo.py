@@ -24,17 +24,19 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def port_number(text: str) -> int:
-    port = int(text)
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"a port lies in 1..65535, got {port}")
-    return port
+    from avgen.cli import whole
+
+    return whole(1, 65535)(text)
 
 
 def run(args) -> int:
     import avgen.demo  # noqa: F401  (offline settings before Gradio is imported)
     from avgen.demo.app import build_app, launch
+    from avgen.model.pipeline import DEFAULT_WEIGHTS
     from avgen.seeds import DEFAULT_SEEDS_DIR
+    from avgen.train.checkpoint import check_weights_folder
 
+    check_weights_folder(args.weights or DEFAULT_WEIGHTS)  # a bad file is named here, not deep in diffusers
     app = build_app(weights=args.weights, device=args.device, seeds_dir=args.seeds or DEFAULT_SEEDS_DIR)
     launch(app, host=args.host, port=args.port, share=args.share)
     return 0

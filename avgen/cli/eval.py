@@ -3,7 +3,11 @@
     avgen eval PATH [PATH ...] --json OUT.json [--prompts MANIFEST.json]
     avgen eval --dataset talking-digits --split test --n 200 --json OUT.json [--shift-ms MS | --swap-audio |
                --random-events | --corrupt noise|shuffle] [--frechet]
-    avgen eval --generate N --weights DIR --json OUT.json
+    avgen eval --generate N --weights DIR --json OUT.json [--duration S] [--dataset shapes]
+    avgen eval --generate N --weights DIR --mode a2v|v2a [--no-prompt]     # from real test audio / video
+
+Digits are read by the two trained judges (weights/judges); shapes clips by template judges
+(avgen/eval/shape_judges.py, nothing to load), so glyph / tone accuracy fills the digit fields.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from avgen.cli import UsageError
+from avgen.cli import SEED, UsageError, number, whole
 
 
 def register(sub) -> None:
@@ -25,8 +29,9 @@ def register(sub) -> None:
     g = p.add_argument_group("dataset controls (render real clips, write mp4, evaluate the files)")
     g.add_argument("--dataset", default=None, help="talking-digits or shapes (with --generate: the real reference)")
     g.add_argument("--split", default="test", choices=["train", "test"])
-    g.add_argument("--n", type=int, default=100, help="clips to render (default: %(default)s)")
-    g.add_argument("--shift-ms", type=float, default=0.0, help="delay the audio by MS (negative: advance it)")
+    g.add_argument("--n", type=whole(1, 100_000), default=100, help="clips to render (default: %(default)s)")
+    g.add_argument("--shift-ms", type=number(-10_000.0, 10_000.0), default=0.0,
+                   help="delay the audio by MS (negative: advance it)")
     g.add_argument("--swap-audio", action="store_true", help="take each clip's audio from another clip")
     g.add_argument("--random-events", action="store_true", help="move each event's sound to a random time")
     g.add_argument("--corrupt", choices=["noise", "shuffle"], default=None,
@@ -34,18 +39,32 @@ def register(sub) -> None:
     g.add_argument("--frechet", action="store_true",
                    help="also FD / KID against 2N other real clips, with the real-vs-real floor")
     g = p.add_argument_group("a model")
-    g.add_argument("--generate", type=int, default=None, metavar="N", help="generate N clips and evaluate them")
+    g.add_argument("--generate", type=whole(1, 100_000), default=None, metavar="N",
+                   help="generate N clips and evaluate them")
     g.add_argument("--weights", default=None, help="model weights folder (for --generate)")
-    g.add_argument("--steps", type=int, default=25, help="sampling steps (for --generate)")
+    g.add_argument("--steps", type=whole(1, 1000), default=25, help="sampling steps (for --generate)")
+    g.add_argument("--duration", type=number(0.25, 60.0), default=None,
+                   help="seconds per generated clip (default: the model's training duration)")
+    g.add_argument("--mode", choices=["t2av", "a2v", "v2a"], default="t2av",
+                   help="t2av: from random prompts; a2v / v2a: from real test clips' audio / video, scored "
+                   "against their prompts")
+    g.add_argument("--no-prompt", action="store_true",
+                   help="a2v / v2a with the null prompt: the given modality alone must carry the meaning")
+    g.add_argument("--sampler", default="euler", help="sampler for --generate (euler, heun, dpm++)")
+    g.add_argument("--guidance-scale", type=number(0.0, 100.0), default=4.0)
+    g.add_argument("--audio-guidance-scale", type=number(0.0, 100.0), default=None)
+    g.add_argument("--modality-scale", type=number(0.0, 100.0), default=1.0,
+                   help="guidance away from the pass without the cross-modal path (1 = off)")
     g.add_argument("--device", default="auto")
-    p.add_argument("--judges", default=None, help="judges folder (default: weights/judges)")
+    p.add_argument("--judges", default=None, help="judges folder (default: weights/judges), or 'shapes' for the "
+                   "shapes template judges (automatic with --dataset shapes)")
     p.add_argument("--no-judges", action="store_true", help="skip digit reading and Frechet")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--data-root", default=None, help="folder holding fsdd/ and mnist/")
     p.add_argument("--work-dir", default=None, help="keep rendered / generated mp4 files here (default: a temp dir)")
     p.add_argument("--per-clip", action="store_true", help="print one line per clip")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=whole(1, 1024), default=1,
                    help="torch threads for the judges (one is fastest for their small convolutions on a busy CPU)")
     p.set_defaults(func=run)
 
@@ -63,8 +82,24 @@ def mode_of(args) -> str:
         raise UsageError("--generate N needs N >= 1 and --weights DIR")
     if args.prompts and mode != "files":
         raise UsageError("--prompts applies to given files (dataset and generated clips know their prompts)")
-    if (args.frechet or mode == "generate") and reference_name(args) != "talking-digits":
+    if args.frechet and reference_name(args) != "talking-digits":
         raise UsageError("Frechet distances use the digit judges' features: talking-digits only")
+    if args.duration is not None and mode != "generate":
+        raise UsageError("--duration applies to --generate (given and dataset clips have their own)")
+    if (args.mode != "t2av" or args.no_prompt) and mode != "generate":
+        raise UsageError("--mode and --no-prompt apply to --generate")
+    if args.no_prompt and args.mode == "t2av":
+        raise UsageError("--no-prompt needs --mode a2v or v2a (t2av from no prompt has nothing to score)")
+    if mode == "generate":
+        from avgen.model.pipeline import SAMPLERS
+
+        if args.sampler not in SAMPLERS:
+            raise UsageError(f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if args.json is not None and args.json.is_dir():
+        raise UsageError(f"--json {args.json} is a directory; give a file name such as {args.json / 'eval.json'}")
+    if mode == "generate":
+        from avgen.train.checkpoint import check_weights_folder
+        check_weights_folder(args.weights)
     return mode
 
 
@@ -75,6 +110,10 @@ def load_judges(args, required: bool):
         if required:
             raise UsageError("--generate and --frechet need the judges; drop --no-judges")
         return None
+    if reference_name(args) == "shapes" or args.judges == "shapes":
+        from avgen.eval.shape_judges import ShapeJudges
+
+        return ShapeJudges.build()
     try:
         return Judges.load(args.judges)
     except FileNotFoundError as e:
@@ -100,14 +139,15 @@ def evaluate_and_report(args, mode: str) -> int:
     from avgen.eval import suite
 
     cfg = suite.EvalConfig(seed=args.seed)
-    judges = load_judges(args, required=mode == "generate" or args.frechet)
+    with_frechet = args.frechet or (mode == "generate" and reference_name(args) == "talking-digits")
+    judges = load_judges(args, required=with_frechet)
     meta = {"mode": mode, "config": suite.config_json(cfg), "argv": sys.argv[1:]}
     with suite.WorkDir(args.work_dir) as work:
         t0 = time.time()
         items = collect_items(args, mode, work, meta)
         meta["seconds_render"] = round(time.time() - t0, 2)
         report = suite.evaluate(items, cfg, judges, progress=progress if len(items) >= 50 else None)
-        if mode == "generate" or args.frechet:
+        if with_frechet:
             add_frechet(report, args, cfg, judges, work)
     meta["seconds_eval"] = round(report.seconds, 2)
     print_report(report, args, meta)
@@ -129,9 +169,13 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
         control = suite.Control(args.shift_ms, args.swap_audio, args.random_events, args.corrupt)
         meta.update(dataset=args.dataset, split=args.split, control=control.describe())
         return suite.dataset_items(args.dataset, args.split, args.n, work / "clips", control, args.seed, args.data_root)
-    meta.update(weights=str(args.weights), dataset=reference_name(args))
+    meta.update(weights=str(args.weights), dataset=reference_name(args), generate_mode=args.mode,
+                prompt=not args.no_prompt)
     return suite.generated_items(args.weights, args.generate, work / "generated", args.seed, reference_name(args),
-                                 args.steps, args.device, args.data_root)
+                                 args.steps, args.device, args.data_root, args.duration, sampler=args.sampler,
+                                 guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
+                                 modality_scale=args.modality_scale, mode=args.mode,
+                                 prompt=not args.no_prompt)
 
 
 def reference_name(args) -> str:

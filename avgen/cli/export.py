@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from avgen.cli import number
     from avgen.train.export import DTYPES, FP16_TOLERANCE
 
     p = subparsers.add_parser("export", help="turn a training run into a weights folder",
@@ -14,7 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's newest)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES),
                    help="stored weight type; float16 only if outputs change by at most --fp16-tolerance")
-    p.add_argument("--fp16-tolerance", type=float, default=FP16_TOLERANCE,
+    p.add_argument("--fp16-tolerance", type=number(0.0), default=FP16_TOLERANCE,
                    help="max abs change of the network's outputs allowed for float16 (default: %(default)g)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)

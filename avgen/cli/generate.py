@@ -4,9 +4,12 @@ the sound follow a given picture (V2A). Every mp4 gets a JSON sidecar that repro
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from avgen.cli import UsageError
+from avgen.cli import SEED, UsageError, number, whole
+
+MAX_STEPS, MAX_CLIPS, MAX_DURATION_S, MAX_GUIDANCE = 1000, 100, 60.0, 100.0
 
 
 def register(subparsers) -> None:
@@ -20,16 +23,18 @@ def register(subparsers) -> None:
                    help='label sequence, e.g. "3 1 4"; may be empty with --audio/--video (unconditional)')
     p.add_argument("--out", required=True, type=Path, help="output mp4 (several clips: OUT_000.mp4, ...)")
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="weights folder from `avgen export`")
-    p.add_argument("--seed", type=int, default=d.seed, help="clip i uses seed + i")
-    p.add_argument("--steps", type=int, default=d.steps, help="denoising steps")
+    scale = number(0.0, MAX_GUIDANCE)
+    p.add_argument("--seed", type=SEED, default=d.seed, help="clip i uses seed + i")
+    p.add_argument("--steps", type=whole(1, MAX_STEPS), default=d.steps, help="denoising steps")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default=d.sampler)
-    p.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help="video prompt guidance")
-    p.add_argument("--audio-guidance-scale", type=float, default=None,
+    p.add_argument("--guidance-scale", type=scale, default=d.guidance_scale, help="video prompt guidance")
+    p.add_argument("--audio-guidance-scale", type=scale, default=None,
                    help="audio prompt guidance (default: --guidance-scale)")
-    p.add_argument("--modality-scale", type=float, default=d.modality_scale,
+    p.add_argument("--modality-scale", type=scale, default=d.modality_scale,
                    help="guidance away from the pass without the cross-modal path (1 = off)")
-    p.add_argument("--duration", type=float, default=None, help="seconds (default: the model's clip length)")
-    p.add_argument("--num-clips", type=int, default=d.num_clips)
+    p.add_argument("--duration", type=number(0.0, MAX_DURATION_S, above=True), default=None,
+                   help="seconds (default: the model's clip length)")
+    p.add_argument("--num-clips", type=whole(1, MAX_CLIPS), default=d.num_clips)
     p.add_argument("--device", choices=DEVICES, default=d.device)
     p.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA)")
     given = p.add_mutually_exclusive_group()
@@ -38,44 +43,48 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def read_given(args, spec) -> dict:
-    """--audio / --video -> {audio: (S,)} or {video: (T, H, W, C)} conformed to the model's clip spec."""
+def read_given(args, spec) -> tuple[dict, list[str]]:
+    """--audio / --video -> ({audio: (S,)} or {video: (T, H, W, C)} on the model's clock, notes on how the
+    file was fitted): the library reader the studio's uploads go through too."""
     from dataclasses import replace
 
-    import numpy as np
+    from avgen.data.io import read_given as read
 
-    from avgen.data.io import read_clip, resample_audio
-    from avgen.data.sources import SourceError, read_wav
-
+    kind = "audio" if args.audio is not None else "video" if args.video is not None else None
+    if kind is None:
+        return {}, []
     if args.duration is not None:
         spec = replace(spec, duration=args.duration)
-    if args.video is not None:
-        return {"video": read_clip(args.video, spec, duration=spec.duration).frames}
-    if args.audio is None:
-        return {}
-    if args.audio.suffix.lower() == ".wav":
-        try:
-            x, sr = read_wav(args.audio)  # mono float
-        except SourceError:
-            raise UsageError(f"{args.audio}: not a readable 16-bit PCM WAV file") from None
-        x = resample_audio(x, sr, spec.sample_rate)
-    else:
-        x = read_clip(args.audio, spec, duration=spec.duration).audio
-    # the model's clock: pad with silence or cut to exactly the clip's length
-    x = x[: spec.num_samples]
-    return {"audio": np.pad(x, (0, spec.num_samples - len(x)))}
+    array, notes = read(getattr(args, kind), spec, kind)
+    return {kind: array}, notes
+
+
+def check_output(out: Path) -> None:
+    """Refuse an --out that cannot be written before any sampling: a folder, or below a file."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'clip.mp4'}")
+    parent = next((q for q in out.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+    if out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out {out}: the clip is written as mp4; give a name ending in .mp4")
 
 
 def run(args) -> int:
     from avgen.model.device import resolve_device
     from avgen.model.pipeline import GenerateSettings, generate, load_pipeline, write_outputs
+    from avgen.train.checkpoint import check_weights_folder
 
-    for name in ("steps", "num_clips"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    check_output(args.out)
+    if args.seed + args.num_clips - 1 >= 2 ** 63:
+        raise UsageError(f"--seed {args.seed} leaves no room for {args.num_clips} clips (clip i uses seed + i)")
     device = resolve_device(args.device)
+    check_weights_folder(args.weights)
     pipe = load_pipeline(args.weights, str(device), args.sampler, compile=args.compile)
-    given = read_given(args, pipe.codec.spec)
+    pipe.parse_prompts(args.prompt)  # an unknown label fails here, before the given file is read
+    given, notes = read_given(args, pipe.codec.spec)
+    for note in notes:
+        print(f"avgen generate: note: {note}", file=sys.stderr)
     mode = "a2v" if "audio" in given else "v2a" if "video" in given else "t2av"
     if mode == "t2av" and not args.prompt.strip():
         raise UsageError("give a prompt (e.g. \"3 1 4\"), or --audio / --video to follow")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from avgen.cli import SEED, whole
+
     p = sub.add_parser("judges", help="train the digit judges used by `avgen eval`")
     jsub = p.add_subparsers(dest="judges_command", metavar="ACTION")
     jsub.required = True
@@ -18,13 +20,13 @@ def register(sub) -> None:
                         description=__doc__)
     t.add_argument("--out", type=Path, default=None, help="output folder (default: weights/judges)")
     t.add_argument("--which", nargs="+", choices=["image", "speech"], default=["image", "speech"])
-    t.add_argument("--epochs", type=int, default=None, help="override the presets' epoch counts")
+    t.add_argument("--epochs", type=whole(1, 10_000), default=None, help="override the presets' epoch counts")
     t.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tiny nets, 1 epoch, 256 items)")
-    t.add_argument("--check-clips", type=int, default=150,
+    t.add_argument("--check-clips", type=whole(0, 100_000), default=150,
                    help="Talking Digits test clips for the mp4 accuracy check (0: skip; default: %(default)s)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=SEED, default=0)
     t.add_argument("--data-root", default=None, help="folder holding fsdd/ and mnist/")
-    t.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest for these small nets)")
+    t.add_argument("--threads", type=whole(1, 1024), default=1, help="torch threads (one is fastest for these small nets)")
     t.set_defaults(func=cmd_train)
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
+    from avgen.cli import whole
+
     p = subparsers.add_parser("seeds", help="curate and check the demo's preset seeds", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="seeds_command", metavar="ACTION")
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
     _add_common(m)
     m.add_argument("--out", type=Path, required=True, help="folder to write the presets to (e.g. seeds/)")
     m.add_argument("--prompts", nargs="+", default=None, help='prompts to curate, e.g. "3 1 4" "7"')
-    m.add_argument("--tries", type=int, default=16, help="seeds tried per prompt before giving up")
+    m.add_argument("--tries", type=whole(1, 100_000), default=16, help="seeds tried per prompt before giving up")
     m.add_argument("--allow-below-bar", action="store_true",
                    help="when no seed meets the bar, still write the best one (the regression test then "
                         "reports it; the issue asks for presets at the bar)")
@@ -61,7 +63,9 @@ def _metrics_fn(args):
 
 def _pipeline(args):
     from avgen.model.pipeline import DEFAULT_WEIGHTS, load_pipeline
+    from avgen.train.checkpoint import check_weights_folder
 
+    check_weights_folder(args.weights or DEFAULT_WEIGHTS)
     pipe = load_pipeline(args.weights or DEFAULT_WEIGHTS, args.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

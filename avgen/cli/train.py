@@ -12,6 +12,7 @@ import sys
 
 
 def register(subparsers) -> None:
+    from avgen.cli import whole
     from avgen.model.device import DEVICES
     from avgen.train.config import TRAIN_PRESETS
 
@@ -24,7 +25,7 @@ def register(subparsers) -> None:
                    help="named training config (required for a new run; on --resume the run's saved config is "
                    "used unless this is given)")
     p.add_argument("--dataset", default=None, help="talking-digits, shapes or folder:PATH (default: the preset's)")
-    p.add_argument("--steps", type=int, default=None, help="train until this many optimizer steps")
+    p.add_argument("--steps", type=whole(1, 10 ** 9), default=None, help="train until this many optimizer steps")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--init-from", default=None, metavar="WEIGHTS_DIR",
                    help="fine-tune from exported weights (their size, codec and clip spec are kept)")
@@ -60,8 +61,16 @@ def resolve_config(args):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from avgen.cli import UsageError
+    from avgen.train.checkpoint import check_weights_folder
     from avgen.train.loop import train
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file; a run is a folder")
+    if args.init_from is not None:
+        check_weights_folder(args.init_from)
     cfg = resolve_config(args)
     result = train(cfg, args.out, resume=args.resume, init_from=args.init_from, device=args.device,
                    data_root=args.data_root, progress_bar=not args.no_progress)

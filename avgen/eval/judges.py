@@ -185,7 +185,13 @@ class Judge:
         if not cfg_path.is_file() or not w_path.is_file():
             raise FileNotFoundError(f"no trained {name} judge in {d} (expected {cfg_path.name} and {w_path.name}); "
                                     "train one with `avgen judges train`")
-        net = JudgeNet(JudgeConfig.from_json(json.loads(cfg_path.read_text())["config"]))
+        from avgen.train.checkpoint import CheckpointError, check_weights_file
+
+        try:
+            net = JudgeNet(JudgeConfig.from_json(json.loads(cfg_path.read_text())["config"]))
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+            raise CheckpointError(f"{cfg_path}: not a usable judge config ({' '.join(str(e).split())})") from None
+        check_weights_file(w_path, {k: tuple(v.shape) for k, v in net.state_dict().items()})  # names the file
         net.load_state_dict(load_file(str(w_path)), strict=True)
         return cls(net)
 

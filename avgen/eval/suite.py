@@ -129,7 +129,8 @@ def read_digits(sig: AVSignal, trk: dict[str, Track], events: dict[str, list[Det
     features = {}
     for m in MEDIA:
         evs = events[m] or [peak_event(trk[m])]
-        reading = judge[m]([inputs[m](ev) for ev in evs])
+        prepare = getattr(judge[m], "prepare", None)  # judges with their own input (shapes); else the digits'
+        reading = judge[m]([prepare(sig, ev) if prepare else inputs[m](ev) for ev in evs])
         rec[f"{m}_digits"] = reading.labels if events[m] else []
         log_duration = np.log([max(ev.duration, 1e-3) for ev in evs])[:, None]
         features[m] = np.concatenate([reading.embeddings, log_duration], axis=1)
@@ -376,10 +377,16 @@ def dataset_items(name: str, split: str, n: int, out_dir: Path, control: Control
 
 
 def generated_items(weights, n: int, out_dir: Path, seed: int = 0, dataset: str = "talking-digits",
-                    steps: int = 25, device: str = "auto", data_root=None) -> list[Item]:
-    """n clips from the model at `weights`, for random test-split prompts (seeded), as mp4 files.
+                    steps: int = 25, device: str = "auto", data_root=None, duration: float | None = None,
+                    mode: str = "t2av", prompt: bool = True, **settings) -> list[Item]:
+    """n clips from the model at `weights`, as mp4 files, with the prompts they are scored against.
 
-    Clip k uses prompt k of the test split's random prompt stream and generator seed `seed + k`.
+    t2av: clip k uses prompt k of the test split's random prompt stream and seed `seed + k`.
+    a2v / v2a: clip k is made from real test clip k's audio (a2v) or frames (v2a), held clean,
+    with its prompt (or the null prompt when `prompt=False`: the given modality alone must say
+    which digits); it is scored against that real clip's prompt, so the generated modality's
+    accuracy says whether it follows what it was given. `settings` are further `GenerateSettings`
+    fields (sampler, guidance_scale, modality_scale, ...).
     """
     from avgen.data import make_dataset
     from avgen.data.io import write_mp4
@@ -388,16 +395,27 @@ def generated_items(weights, n: int, out_dir: Path, seed: int = 0, dataset: str 
         from avgen.model.pipeline import GenerateSettings, generate, load_pipeline
     except ImportError as e:  # the model package is optional for evaluating files
         raise ValueError(f"--generate needs the model pipeline (avgen.model.pipeline): {e}") from None
+    if mode not in ("t2av", "a2v", "v2a"):
+        raise ValueError(f"mode must be t2av, a2v or v2a, got {mode!r}")
     pipe = load_pipeline(weights, device=device)
     pipe.set_progress_bar_config(disable=True)
-    vocab_ds = make_dataset(dataset, split="test", seed=seed, data_root=data_root)
+    ds = make_dataset(dataset, split="test", seed=seed, data_root=data_root,
+                      spec=pipe.codec.spec if mode != "t2av" else None)
     rng = np.random.default_rng([seed, 2])
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for k in range(n):
-        prompt = " ".join(vocab_ds.random_labels(rng))
-        clip = generate(pipe, GenerateSettings(prompt=prompt, seed=seed + k, steps=steps, num_clips=1, device=device))[0]
-        items.append(Item(write_mp4(clip, out_dir / f"generated_{k:05d}.mp4"), prompt, None))
+        given = {}
+        if mode == "t2av":
+            truth = " ".join(ds.random_labels(rng))
+        else:
+            real = ds[k]
+            truth = real.prompt
+            given = {"audio": real.audio} if mode == "a2v" else {"video": real.frames}
+        clip = generate(pipe, GenerateSettings(prompt=truth if prompt else "", seed=seed + k, steps=steps,
+                                               num_clips=1, device=device, duration=duration, mode=mode,
+                                               **settings), **given)[0]
+        items.append(Item(write_mp4(clip, out_dir / f"{mode}_{k:05d}.mp4"), truth, None))
     return items
 
 
@@ -471,7 +489,7 @@ def fmt(x) -> str:
 
 
 def clip_table(records: list[dict]) -> str:
-    lines = [f"{'clip':<28}{'offset ms':>10}{'conf':>7}{'F1':>6}{'#v':>4}{'#a':>4}  digits (video | audio)"]
+    lines = [f"{'clip':<28}{'offset ms':>10}{'conf':>7}{'F1':>7}{'#v':>4}{'#a':>4}  digits (video | audio)"]
     for r in records:
         name = Path(r["path"]).name[:27]
         if "error" in r:
@@ -479,7 +497,7 @@ def clip_table(records: list[dict]) -> str:
             continue
         digits = f"{' '.join(r.get('video_digits', []))} | {' '.join(r.get('audio_digits', []))}" \
             if "video_digits" in r else ""
-        lines.append(f"{name:<28}{fmt(r['av_offset_ms']):>10}{r['offset_confidence']:>7.2f}{fmt(r['onset_f1']):>6}"
+        lines.append(f"{name:<28}{fmt(r['av_offset_ms']):>10}{r['offset_confidence']:>7.2f}{r['onset_f1']:>7.3f}"
                      f"{len(r['video_onsets_s']):>4}{len(r['audio_onsets_s']):>4}  {digits}")
     return "\n".join(lines)
 

@@ -105,6 +105,7 @@ CODEC_PRESETS: dict[str, CodecConfig] = {
 # (~100 tokens per 3-s clip, see docs/MACHINE.md); B is for the device machine.
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "AVDiT-T": ModelConfig(hidden_size=64, depth=2, num_heads=2),
+    "AVDiT-XS": ModelConfig(hidden_size=128, depth=4, num_heads=4),  # shapes in a 30-minute CPU run
     "AVDiT-S": ModelConfig(hidden_size=256, depth=6, num_heads=4),
     "AVDiT-B": ModelConfig(hidden_size=384, depth=8, num_heads=6),
 }

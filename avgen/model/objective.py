@@ -93,10 +93,12 @@ def encode_prompts(labels_list: list[list[str]], vocab, max_events: int, device=
     mask = torch.zeros(len(labels_list), max_events, dtype=torch.bool)
     for row, labels in enumerate(labels_list):
         if len(labels) > max_events:
-            raise ValueError(f"prompt {' '.join(labels)!r} has {len(labels)} events; the model knows {max_events}")
+            shown = " ".join(labels) if len(labels) <= 12 else " ".join(labels[:12]) + " ..."
+            raise ValueError(f"prompt {shown!r} has {len(labels)} events; the model knows {max_events}")
         unknown = [lab for lab in labels if lab not in index]
         if unknown:
-            raise ValueError(f"unknown label(s) {unknown}; the model knows {list(vocab)}")
+            raise ValueError(f"unknown label(s) {unknown[:5]}{' ...' * (len(unknown) > 5)}; "
+                             f"the model knows {list(vocab)}")
         ids[row, :len(labels)] = torch.tensor([index[lab] for lab in labels], dtype=torch.long)
         mask[row, :len(labels)] = True
     return ids.to(device), mask.to(device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -125,6 +126,9 @@ class AVGenPipeline(DiffusionPipeline):
         prompts = prompt if isinstance(prompt, list) else [prompt] * (batch or 1)
         if batch is not None and len(prompts) != batch:
             raise ValueError(f"{len(prompts)} prompts for a batch of {batch}")
+        bad = [p for p in prompts if p is not None and not isinstance(p, str)]
+        if bad:
+            raise ValueError(f"a prompt is text (a label sequence such as '3 1 4'), got {type(bad[0]).__name__}")
         labels = [(p or "").split() for p in prompts]
         encode_prompts(labels, self.vocab, self.transformer.config.max_events)  # validates
         return labels
@@ -182,6 +186,8 @@ class AVGenPipeline(DiffusionPipeline):
         Returns `AVGenPipelineOutput` (or a tuple (frames, audio) with return_dict=False).
         """
         self.check_inputs(output_type, num_inference_steps, audio, video)
+        check_scales(guidance_scale=guidance_scale, audio_guidance_scale=audio_guidance_scale,
+                     modality_scale=modality_scale, audio_modality_scale=audio_modality_scale)
         batch = len(prompt) if isinstance(prompt, list) else (len(generator) if isinstance(generator, list) else 1)
         device = self._execution_device
         self.codec.to(device)
@@ -212,6 +218,8 @@ class AVGenPipeline(DiffusionPipeline):
     def check_inputs(output_type: str, num_inference_steps: int, audio, video) -> None:
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
+            raise ValueError(f"num_inference_steps must be a whole number, got {num_inference_steps!r}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         if audio is not None and video is not None:
@@ -296,6 +304,36 @@ class GenerateSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check(self) -> "GenerateSettings":
+        """ValueError with one line for settings no clip can be made from (the library's own check;
+        the CLI and the studio add their own ranges on top)."""
+        for name in ("seed", "steps", "num_clips"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
+        if self.steps < 1 or self.num_clips < 1 or self.seed < 0:
+            raise ValueError(f"steps and num_clips must be >= 1 and seed >= 0, got steps={self.steps}, "
+                             f"num_clips={self.num_clips}, seed={self.seed}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.mode not in ("t2av", "a2v", "v2a"):
+            raise ValueError(f"mode must be t2av, a2v or v2a, got {self.mode!r}")
+        check_scales(guidance_scale=self.guidance_scale, audio_guidance_scale=self.audio_guidance_scale,
+                     modality_scale=self.modality_scale)
+        if self.duration is not None and not (isinstance(self.duration, (int, float, np.number))
+                                              and math.isfinite(self.duration) and self.duration > 0):
+            raise ValueError(f"duration must be a positive number of seconds, got {self.duration!r}")
+        return self
+
+
+def check_scales(**scales) -> None:
+    """Guidance scales are finite numbers (None = follow the video's); NaN would fill a clip with NaN."""
+    for name, v in scales.items():
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+
 
 def weights_file(weights_dir: Path) -> Path:
     return Path(weights_dir) / "transformer" / "diffusion_pytorch_model.safetensors"
@@ -304,12 +342,16 @@ def weights_file(weights_dir: Path) -> Path:
 def load_pipeline(weights_dir=DEFAULT_WEIGHTS, device: str = "auto", sampler: str = "euler",
                   compile: bool = False) -> AVGenPipeline:
     """A weights folder (as written by `AVGenPipeline.save_pretrained`) -> ready pipeline, offline."""
+    from avgen.train.checkpoint import check_weights_folder  # names the file; safetensors only
+
     weights_dir = Path(weights_dir)
     if not weights_file(weights_dir).is_file():
         raise FileNotFoundError(f"no model weights at {weights_dir} (expected {weights_file(weights_dir)}); "
                                 "train one with `avgen train` and `avgen export RUN --out DIR`, then pass --weights DIR")
+    check_weights_folder(weights_dir)  # wrong, missing or extra tensors are refused before loading
     # fp32 whatever the stored dtype (exports may be fp16); the device decides compute precision
-    transformer = AVDiT.from_pretrained(weights_dir / "transformer", local_files_only=True, torch_dtype=torch.float32)
+    transformer = AVDiT.from_pretrained(weights_dir / "transformer", local_files_only=True, use_safetensors=True,
+                                        torch_dtype=torch.float32)
     pipe = AVGenPipeline.from_transformer(transformer.eval(), sampler).to(resolve_device(device))
     pipe.transformer = maybe_compile(pipe.transformer, compile)
     return pipe
@@ -320,9 +362,7 @@ def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=
     """Clips for `settings`; clip i uses seed `settings.seed + i` alone, so it does not depend on
     how many clips are made together. `audio` (S,) / `video` (T, H, W, C) make it A2V / V2A.
     `on_step(done, total)` is called after every sampling step (a progress bar's feed)."""
-    n = settings.num_clips
-    if n < 1:
-        raise ValueError(f"num_clips must be >= 1, got {n}")
+    n = settings.check().num_clips
     pipe.set_sampler(settings.sampler)
     generators = [torch.Generator("cpu").manual_seed(settings.seed + i) for i in range(n)]
     out = pipe([settings.prompt] * n, duration_s=settings.duration, num_inference_steps=settings.steps,

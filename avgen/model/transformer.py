@@ -74,7 +74,7 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift in one pass
 
 
 def feed_forward(dim: int, mlp_ratio: float) -> nn.Sequential:
@@ -96,10 +96,6 @@ class Layout:
     @property
     def num_prompt(self) -> int:
         return self.lengths["prompt"]
-
-    def per_token(self, per_stream: dict[str, torch.Tensor], streams=STREAMS) -> torch.Tensor:
-        """{stream: (B, C)} -> (B, L_streams, C): each stream's vector repeated over its tokens."""
-        return torch.cat([per_stream[s][:, None].expand(-1, self.lengths[s], -1) for s in streams], dim=1)
 
     def split(self, x: torch.Tensor, streams=STREAMS) -> dict[str, torch.Tensor]:
         return dict(zip(streams, x.split([self.lengths[s] for s in streams], dim=1)))
@@ -155,9 +151,10 @@ class Attention(nn.Module):
                                                attn_mask=layout.cross_mask)  # (B, H, M, hd)
         own = rearrange(own, "b h l d -> b l (h d)")  # (B, L, D)
         cross = rearrange(cross, "b h m d -> b m (h d)")  # (B, M, D)
-        gate = layout.per_token({s: g.expand(x.shape[0], -1) for s, g in self.cross_gate.items()}, MEDIA)  # (B, M, D)
-        media = own[:, p:] + gate.to(cross.dtype) * layout.cross_keep.to(cross.dtype) * cross  # (B, M, D)
-        return self.proj(torch.cat([own[:, :p], media], dim=1))  # (B, L, D)
+        own_media, cross = layout.split(own[:, p:], MEDIA), layout.split(cross, MEDIA)
+        keep = layout.cross_keep.to(cross["video"].dtype)  # (B, 1, 1)
+        media = [torch.addcmul(own_media[m], self.cross_gate[m].to(keep.dtype) * keep, cross[m]) for m in MEDIA]
+        return self.proj(torch.cat([own[:, :p], *media], dim=1))  # (B, L, D)
 
 
 class AVDiTBlock(nn.Module):
@@ -171,12 +168,19 @@ class AVDiTBlock(nn.Module):
         self.ffn = nn.ModuleDict({s: feed_forward(dim, mlp_ratio) for s in STREAMS})
         self.ada = nn.ModuleDict({s: nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) for s in STREAMS})
 
-    def forward(self, x: torch.Tensor, cond: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
-        mod = layout.per_token({s: self.ada[s](cond[s]) for s in STREAMS})  # (B, L, 6D)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # (B, L, D) each
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), layout)  # (B, L, D)
-        h = layout.split(modulate(self.norm2(x), shift2, scale2))  # {stream: (B, L_s, D)}
-        return x + gate2 * torch.cat([self.ffn[s](h[s]) for s in STREAMS], dim=1)  # (B, L, D)
+    def forward(self, x: dict[str, torch.Tensor], cond: dict[str, torch.Tensor], layout: Layout,
+                out: tuple[str, ...] = STREAMS) -> dict[str, torch.Tensor]:
+        """{stream: (B, L_s, D)} -> {stream in `out`: (B, L_s, D)}. Streams stay separate, contiguous
+        tensors: each one's modulation broadcasts from (B, 1, D) instead of being expanded over its
+        tokens, and only the attention input is concatenated (an A/B against the concatenated form:
+        3-10% faster on this CPU, identical outputs to 2e-6). The last block passes out=MEDIA: the
+        prompt tokens' FFN there would feed nothing."""
+        mod = {s: self.ada[s](cond[s])[:, None].chunk(6, dim=-1) for s in STREAMS}  # 6 x (B, 1, D)
+        h = torch.cat([modulate(self.norm1(x[s]), *mod[s][:2]) for s in STREAMS], dim=1)  # (B, L, D)
+        a = layout.split(self.attn(h, layout))  # {stream: (B, L_s, D)}
+        x = {s: torch.addcmul(x[s], mod[s][2], a[s]) for s in out}
+        return {s: torch.addcmul(x[s], mod[s][5], self.ffn[s](modulate(self.norm2(x[s]), *mod[s][3:5])))
+                for s in out}
 
 
 class FinalLayer(nn.Module):
@@ -288,8 +292,7 @@ class AVDiT(ModelMixin, ConfigMixin):
         cond = {"prompt": self.prompt_cond[None].repeat(batch, 1),  # (B, D)
                 "video": self.t_embed(t_video),  # (B, D)
                 "audio": self.t_embed(t_audio)}  # (B, D)
-        x = torch.cat([prompt, self.embed["video"](video), self.embed["audio"](audio)], dim=1)  # (B, P + 2N, D)
-        for block in self.blocks:
-            x = block(x, cond, layout)  # (B, P + 2N, D)
-        out = layout.split(x)  # {stream: (B, L_s, D)}
-        return {m: self.final[m](out[m], cond[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}
+        x = {"prompt": prompt, "video": self.embed["video"](video), "audio": self.embed["audio"](audio)}
+        for i, block in enumerate(self.blocks):
+            x = block(x, cond, layout, MEDIA if i == len(self.blocks) - 1 else STREAMS)  # {stream: (B, L_s, D)}
+        return {m: self.final[m](x[m], cond[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}

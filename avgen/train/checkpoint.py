@@ -14,10 +14,12 @@ Temporary files left by a killed writer are removed by the next save.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,8 @@ FORMAT_VERSION = 1
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
+    """A checkpoint (or weights file) is missing, unreadable, cannot be written, or does not fit the
+    model it is loaded into; the message names the file."""
 
 
 # ---------------------------------------------------------------------------- files
@@ -63,15 +66,36 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> Path:
-    """Write tensors + JSON metadata to `path` so that readers never see a partial file."""
+    """Write tensors + JSON metadata to `path` so that readers never see a partial file.
+
+    When the write fails (a full disk, a vanished folder) the temporary file is removed, so the
+    space it took is free again and the checkpoints already there are untouched, and the error is
+    a CheckpointError naming the file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:  # safetensors reports a failed write as SafetensorError
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write checkpoint {path}: {_reason(e, path.parent)}") from e
     _fsync_dir(path.parent)
     return path
+
+
+def _reason(e: Exception, folder: Path) -> str:
+    """One line on why a write failed, with the free space when that is the likely cause."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return text
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text:
+        return f"{text} ({free / 2 ** 20:.1f} MB free on that disk); free some space and resume with --resume"
+    return text
 
 
 def read_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -99,6 +123,60 @@ def prune(run_dir, keep_last: int) -> list[Path]:
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
+
+
+# ---------------------------------------------------------------------------- untrusted weights
+def tensor_shapes(path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, nothing else read. A file that is not
+    safetensors (a pickle, a truncated or corrupted file) is a CheckpointError naming it; safetensors
+    never executes what it reads."""
+    path = Path(path)
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+
+
+def check_weights_file(path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Refuse weights whose tensors are not exactly `expected` (names and shapes) before any is
+    loaded: a missing, extra or reshaped tensor is never silently skipped or re-initialised."""
+    found = tensor_shapes(path)
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    reshaped = [k for k in sorted(set(expected) & set(found)) if tuple(found[k]) != tuple(expected[k])]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) missing ({', '.join(missing[:3])}{' ...' * (len(missing) > 3)})")
+    if extra:
+        problems.append(f"{len(extra)} tensor(s) the network does not have ({', '.join(extra[:3])}"
+                        f"{' ...' * (len(extra) > 3)})")
+    if reshaped:
+        k = reshaped[0]
+        problems.append(f"{len(reshaped)} tensor(s) of the wrong shape ({k}: {list(found[k])} in the file, "
+                        f"{list(expected[k])} in the network)")
+    if problems:
+        raise CheckpointError(f"{path}: does not fit the network its config describes: {'; '.join(problems)}")
+
+
+def check_weights_folder(weights_dir) -> None:
+    """An exported weights folder (`avgen export`, the shipped weights) is checked against the network
+    its config.json describes, built on the meta device (no memory, no weights read). A folder without
+    a weights file passes: `load_pipeline` says what is missing and how to make it."""
+    from avgen.model.pipeline import weights_file
+    from avgen.model.transformer import AVDiT
+
+    path = weights_file(weights_dir)
+    if not path.is_file():
+        return
+    try:
+        config = AVDiT.load_config(path.parent, local_files_only=True)
+        with torch.device("meta"):
+            network = AVDiT.from_config(config)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path.parent / 'config.json'}: not a usable network config "
+                              f"({' '.join(str(e).split())})") from None
+    check_weights_file(path, {k: tuple(v.shape) for k, v in network.state_dict().items()})
 
 
 # ---------------------------------------------------------------------------- state <-> tensors
@@ -201,6 +279,6 @@ def load_ema_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
     return _unprefixed("ema", tensors), meta
 
 
-__all__ = ["CHECKPOINT_DIR", "CheckpointError", "atomic_save", "checkpoint_path", "latest_checkpoint",
-           "list_checkpoints", "load_ema_weights", "load_training_state", "prune", "read_checkpoint",
-           "save_training_state"]
+__all__ = ["CHECKPOINT_DIR", "CheckpointError", "atomic_save", "check_weights_file", "check_weights_folder",
+           "checkpoint_path", "latest_checkpoint", "list_checkpoints", "load_ema_weights", "load_training_state",
+           "prune", "read_checkpoint", "save_training_state", "tensor_shapes"]

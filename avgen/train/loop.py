@@ -264,7 +264,10 @@ class Trainer:
         optimizer = build_optimizer(model, cfg)
         net = model
         if rt.distributed:  # every rank built the same model from the same seed; DDP checks the shapes
-            net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+            # static_graph: the same parameters are used every step, and the last block's prompt-token FFN
+            # never is (its output would feed nothing; the weights are kept so that old folders load)
+            net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                                          static_graph=True)
         return cls(cfg, rt, model, net, AVCodec(cfg.spec, cfg.codec).to(rt.device), EMA(model, cfg.ema_decay),
                    optimizer, build_scheduler(optimizer, cfg))
 
@@ -579,6 +582,7 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, init_from=None, de
     init_from: an exported weights folder to fine-tune (its size, codec and clip spec win over cfg's).
     """
     run_dir = Path(run_dir)
+    cfg.check()
     check_run_dir(run_dir, resume)
     rt = init_runtime(device)
     try:
