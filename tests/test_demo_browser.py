@@ -138,13 +138,14 @@ def test_a_progress_bar_counts_the_sampling_steps(browser, served, monkeypatch):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.locator("#prompt textarea, #prompt input").first.fill("5")
-    page.get_by_text("settings", exact=True).first.click()
-    steps = page.locator("#steps input[type=number]")  # the slider's number box
-    steps.fill("60")
-    steps.press("Enter")
-    # the page sends the slider's value with the click: wait until the slider itself shows 60
-    page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '60'",
-                           timeout=10_000)
+    slider = page.locator("#steps input[type=range]")
+    if not slider.is_visible():
+        page.get_by_text("settings", exact=True).first.click()  # open the settings accordion
+    slider.wait_for(state="visible", timeout=10_000)
+    slider.fill("60")  # sets the range input and fires its input/change events, as a drag does
+    # the page sends the slider's value with the click: wait until the slider and its number box hold 60
+    page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '60' && "
+                           "document.querySelector('#steps input[type=number]').value === '60'", timeout=10_000)
     page.locator("#generate").click()
     page.get_by_text(re.compile(r"\d+/60 steps")).first.wait_for(timeout=60_000)
     page.wait_for_selector("#report table", timeout=120_000)
