@@ -131,23 +131,22 @@ def test_a_progress_bar_counts_the_sampling_steps(browser, served, monkeypatch):
     network = app.avgen_studio.pipe.transformer
     forward = network.forward
 
-    def slow_forward(*a, **k):  # the tiny model samples 60 steps faster than a person can look
-        time.sleep(0.05)
+    def slow_forward(*a, **k):  # the tiny model samples faster than a person can look
+        time.sleep(0.1)
         return forward(*a, **k)
     monkeypatch.setattr(network, "forward", slow_forward)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
     page.locator("#prompt textarea, #prompt input").first.fill("5")
-    slider = page.locator("#steps input[type=range]")
-    if not slider.is_visible():
+    # the steps the page will send (its default): setting the slider from the test was not reliable in
+    # a full CI run (the number box kept 25 there, never in a module run), and it is not what is tested
+    box = page.locator("#steps input[type=number]")
+    if not box.is_visible():
         page.get_by_text("settings", exact=True).first.click()  # open the settings accordion
-    slider.wait_for(state="visible", timeout=10_000)
-    slider.fill("60")  # sets the range input and fires its input/change events, as a drag does
-    # the page sends the slider's value with the click: wait until the slider and its number box hold 60
-    page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '60' && "
-                           "document.querySelector('#steps input[type=number]').value === '60'", timeout=10_000)
+    steps = box.input_value(timeout=10_000)
+    assert steps.isdigit()
     page.locator("#generate").click()
-    page.get_by_text(re.compile(r"\d+/60 steps")).first.wait_for(timeout=60_000)
+    page.get_by_text(re.compile(rf"\d+/{steps} steps")).first.wait_for(timeout=60_000)
     page.wait_for_selector("#report table", timeout=120_000)
     page.close()
 
