@@ -183,3 +183,10 @@ def test_generate_mode_on_shapes_reads_glyphs_and_takes_a_duration(tmp_path):
     assert [rec["prompt"] for rec in doc["clips"]] == [real[0].prompt, real[1].prompt]
     assert doc["generate_mode"] == "a2v" and doc["prompt"] is False
     assert main(["eval", "--dataset", "shapes", "--mode", "v2a"]) == 2  # --mode is for --generate
+
+
+def test_generate_mode_refuses_bad_settings_before_loading_weights(tmp_path, capsys):
+    # the weights folder does not exist: the settings are refused first, in one line
+    assert main(["eval", "--generate", "2", "--weights", str(tmp_path / "none"), "--sampler", "ddim"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown sampler 'ddim'" in err and err.count("\n") == 1

@@ -90,11 +90,6 @@ def mode_of(args) -> str:
         raise UsageError("--mode and --no-prompt apply to --generate")
     if args.no_prompt and args.mode == "t2av":
         raise UsageError("--no-prompt needs --mode a2v or v2a (t2av from no prompt has nothing to score)")
-    if mode == "generate":
-        from avgen.model.pipeline import SAMPLERS
-
-        if args.sampler not in SAMPLERS:
-            raise UsageError(f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name such as {args.json / 'eval.json'}")
     if mode == "generate":

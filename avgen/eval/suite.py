@@ -395,8 +395,10 @@ def generated_items(weights, n: int, out_dir: Path, seed: int = 0, dataset: str 
         from avgen.model.pipeline import GenerateSettings, generate, load_pipeline
     except ImportError as e:  # the model package is optional for evaluating files
         raise ValueError(f"--generate needs the model pipeline (avgen.model.pipeline): {e}") from None
-    if mode not in ("t2av", "a2v", "v2a"):
-        raise ValueError(f"mode must be t2av, a2v or v2a, got {mode!r}")
+    from dataclasses import replace
+
+    # settings are checked (one line each: sampler, scales, mode, ...) before anything is loaded
+    base = GenerateSettings(steps=steps, num_clips=1, device=device, duration=duration, mode=mode, **settings).check()
     pipe = load_pipeline(weights, device=device)
     pipe.set_progress_bar_config(disable=True)
     ds = make_dataset(dataset, split="test", seed=seed, data_root=data_root,
@@ -412,9 +414,7 @@ def generated_items(weights, n: int, out_dir: Path, seed: int = 0, dataset: str 
             real = ds[k]
             truth = real.prompt
             given = {"audio": real.audio} if mode == "a2v" else {"video": real.frames}
-        clip = generate(pipe, GenerateSettings(prompt=truth if prompt else "", seed=seed + k, steps=steps,
-                                               num_clips=1, device=device, duration=duration, mode=mode,
-                                               **settings), **given)[0]
+        clip = generate(pipe, replace(base, prompt=truth if prompt else "", seed=seed + k), **given)[0]
         items.append(Item(write_mp4(clip, out_dir / f"{mode}_{k:05d}.mp4"), truth, None))
     return items
 
