@@ -18,14 +18,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def _default(name: str):
+    """A sampling default of the library (`GenerateSettings`): the bench times what the demo runs."""
+    from avgen.model.pipeline import GenerateSettings
+
+    return getattr(GenerateSettings(), name)
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     model: str = "AVDiT-S"
     train_preset: str = "digits-cpu"
-    steps: int = 25  # the demo's default settings
-    sampler: str = "euler"
-    guidance_scale: float = 4.0
-    modality_scale: float = 1.0
+    steps: int = _default("steps")  # the demo's default settings
+    sampler: str = _default("sampler")
+    guidance_scale: float = _default("guidance_scale")
+    modality_scale: float = _default("modality_scale")
+    guidance_interval: tuple[float, float] = _default("guidance_interval")
     big_batch: int = 8
     durations: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0)
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
@@ -155,12 +163,10 @@ def time_generation(pipe, cfg: BenchConfig, batch: int, duration: float | None, 
         step_ends.append(time.perf_counter())
         return {}
 
-    kwargs = dict(prompt=prompts_for(pipe, batch), duration_s=duration, num_inference_steps=cfg.steps,
-                  guidance_scale=cfg.guidance_scale, modality_scale=cfg.modality_scale,
-                  generator=[torch.Generator().manual_seed(i) for i in range(batch)])
     pipe.set_progress_bar_config(disable=True)
+    kwargs = call_kwargs(pipe, cfg, batch, duration)
     pipe(**{**kwargs, "num_inference_steps": 1})  # warm-up (allocator, kernels, first-call costs)
-    best, best_step, peak = math.inf, math.inf, 0.0
+    best, best_loop, peak = math.inf, math.inf, 0.0
     for _ in range(repeats):
         step_ends.clear()
         with PeakMemory(device) as mem:
@@ -170,38 +176,78 @@ def time_generation(pipe, cfg: BenchConfig, batch: int, duration: float | None, 
             sync(device)
             total = time.perf_counter() - t0
         best = min(best, total)
-        if len(step_ends) > 1:
-            best_step = min(best_step, (step_ends[-1] - step_ends[0]) / (len(step_ends) - 1))
+        best_loop = min(best_loop, step_ends[-1] - t0)  # the call up to the last step: decoding excluded
         peak = max(peak, mem.peak_mb)
     clip_s = out.audio.shape[-1] / out.sample_rate
-    return {"generate_seconds": best / batch, "call_seconds": best, "step_seconds": best_step,
-            "clip_seconds": clip_s, "rtf": best / batch / clip_s, "peak_mem_mb": round(peak, 1)}
+    return {"generate_seconds": best / batch, "call_seconds": best, "loop_seconds": best_loop,
+            "step_seconds": best_loop / len(step_ends), "clip_seconds": clip_s, "rtf": best / batch / clip_s,
+            "peak_mem_mb": round(peak, 1)}
+
+
+def call_kwargs(pipe, cfg: BenchConfig, batch: int, duration: float | None) -> dict:
+    return dict(prompt=prompts_for(pipe, batch), duration_s=duration, num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale, modality_scale=cfg.modality_scale,
+                guidance_interval=cfg.guidance_interval,
+                generator=[torch.Generator().manual_seed(i) for i in range(batch)])
 
 
 def flops_per_step(pipe, cfg: BenchConfig, batch: int, duration: float | None) -> float:
-    """FLOPs of one guided denoising step (all passes of the batched forward)."""
-    from avgen.model.pipeline import Guidance
-
-    dims, n = pipe.codec.dims, pipe.codec.num_tokens(duration)
-    dev = pipe._execution_device
-    x = {m: torch.randn(batch, n, dims[m], device=dev) for m in dims}
-    t = {m: torch.full((batch,), 0.5, device=dev) for m in dims}
-    from avgen.model.objective import encode_prompts
-    labels = [p.split() for p in prompts_for(pipe, batch)]
-    cfgm = pipe.transformer.config
-    prompts = {"cond": encode_prompts(labels, pipe.vocab, cfgm.max_events, dev),
-               "uncond": encode_prompts([[]] * batch, pipe.vocab, cfgm.max_events, dev)}
-    g = Guidance(cfg.guidance_scale, cfg.guidance_scale, cfg.modality_scale, cfg.modality_scale)
+    """Network FLOPs of the whole denoising loop divided by its steps (a step's passes depend on
+    where guidance acts, so the loop is counted as it runs, not one step multiplied)."""
     with count_flops(pipe.transformer) as fc:
-        pipe.predict_x0(x, t, prompts, g)
-    return fc.flops
+        pipe(**call_kwargs(pipe, cfg, batch, duration), output_type="latent")
+    return fc.flops / pipe.num_timesteps  # per scheduler step, like `step_seconds` (Heun: ~2 per step)
+
+
+MATMULS = ("addmm", "mm", "bmm", "baddbmm")
+
+
+def matmul_figures(pipe, cfg: BenchConfig, batch: int, device, repeats: int) -> dict:
+    """The loop's own matmuls, replayed alone: every aten matmul call of one sampling run is recorded
+    (shapes and strides) and timed in isolation. Their rate against the gemm ceiling bounds what the
+    whole loop could reach at these shapes even if attention, norms and Python cost nothing."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: list[tuple] = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in MATMULS:
+                calls.append((func, [(a.shape, a.stride()) if isinstance(a, torch.Tensor) else a for a in args]))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Recorder():
+        pipe(**call_kwargs(pipe, cfg, batch, None), output_type="latent")
+    unique: dict[tuple, list] = {}
+    for func, args in calls:
+        unique.setdefault((func, tuple(map(str, args))), [func, args, 0])[2] += 1
+    seconds, flops = 0.0, 0.0
+    for func, args, count in unique.values():
+        real = [torch.randn(a[0], device=device).as_strided(a[0], a[1]) if isinstance(a, tuple) else a for a in args]
+        out = func(*real)
+        flops += count * 2 * out.numel() * args[-1][0][-2]  # 2 * M * N * K (K: rows of the right operand)
+        inner = max(1, min(200, int(2e-3 * 1e9 / max(1.0, 2 * out.numel() * args[-1][0][-2]))))
+        best = math.inf
+        for _ in range(repeats):
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                func(*real)
+            sync(device)
+            best = min(best, (time.perf_counter() - t0) / inner)
+        seconds += count * best
+    return {"matmul_calls": len(calls), "matmul_shapes": len(unique), "matmul_seconds": round(seconds, 4),
+            "matmul_gflops": round(flops / seconds / 1e9, 2)}
 
 
 def loop_figures(pipe, cfg: BenchConfig, batch: int, gemm: float, device) -> dict:
     r = time_generation(pipe, cfg, batch, None, device, cfg.repeats)
     f = flops_per_step(pipe, cfg, batch, None)
-    loop_gflops = f / r["step_seconds"] / 1e9 if math.isfinite(r["step_seconds"]) else float("nan")
-    return {"batch": batch, "flops_per_step": f, "loop_gflops": round(loop_gflops, 2),
+    loop_gflops = f / r["step_seconds"] / 1e9
+    mm = matmul_figures(pipe, cfg, batch, device, cfg.repeats)
+    mm["matmul_utilization"] = round(mm["matmul_gflops"] / gemm, 4)
+    mm["matmul_share_of_loop"] = round(mm["matmul_seconds"] / r["loop_seconds"], 4)
+    return {"batch": batch, "flops_per_step": f, "loop_gflops": round(loop_gflops, 2), **mm,
             "utilization": round(loop_gflops / gemm, 4), **{k: round(v, 4) if isinstance(v, float) else v
                                                               for k, v in r.items()}}
 
@@ -296,6 +342,9 @@ def format_table(r: dict) -> str:
     for b, x in r["batches"].items():
         rows += [(f"batch {b}: FLOPs/step", f"{x['flops_per_step'] / 1e9:.2f} GFLOP"),
                  (f"batch {b}: loop", f"{x['loop_gflops']:.1f} GFLOP/s = {100 * x['utilization']:.1f}% of gemm"),
+                 (f"batch {b}: its matmuls alone", f"{x['matmul_gflops']:.1f} GFLOP/s = "
+                  f"{100 * x['matmul_utilization']:.1f}% of gemm; {x['matmul_seconds']:.3f} s = "
+                  f"{100 * x['matmul_share_of_loop']:.0f}% of the loop's time"),
                  (f"batch {b}: per clip", f"{x['generate_seconds']:.3f} s for {x['clip_seconds']:.2f} s "
                                           f"(rtf {x['rtf']:.3f}), peak {x['peak_mem_mb']:.0f} MB")]
     s = r["scaling"]

@@ -5,7 +5,7 @@ One preset per file, `seeds/<name>.json`:
 
     {"name": "3-1-4", "prompt": "3 1 4", "seed": 7,
      "settings": {"steps": 25, "sampler": "euler", "guidance_scale": 4.0,
-                  "audio_guidance_scale": null, "modality_scale": 1.0},
+                  "audio_guidance_scale": null, "modality_scale": 1.0, "guidance_interval": [0.0, 1.0]},
      "metrics": {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0,
                  "onset_f1": 1.0, "abs_offset_ms": 4.2, "offset_confidence": 0.61}}
 
@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 DEFAULT_SEEDS_DIR = Path(__file__).resolve().parents[1] / "seeds"
 
 # The sampler settings a preset pins (names = `avgen.model.pipeline.GenerateSettings` fields).
-SETTING_KEYS = ("steps", "sampler", "guidance_scale", "audio_guidance_scale", "modality_scale")
+SETTING_KEYS = ("steps", "sampler", "guidance_scale", "audio_guidance_scale", "modality_scale", "guidance_interval")
 PRESET_KEYS = ("name", "prompt", "seed", "settings", "metrics")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -141,6 +141,10 @@ def settings_problem(settings: dict) -> str:
     for k in ("guidance_scale", "modality_scale", "audio_guidance_scale"):
         if not (_is_number(settings[k]) or (k == "audio_guidance_scale" and settings[k] is None)):
             return f"settings.{k} must be a number{' or null' if k.startswith('audio') else ''}, got {settings[k]!r}"
+    interval = settings["guidance_interval"]
+    if not (isinstance(interval, (list, tuple)) and len(interval) == 2 and all(map(_is_number, interval))
+            and 0 <= interval[0] <= interval[1] <= 1):
+        return f"settings.guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {interval!r}"
     return ""
 
 
@@ -276,7 +280,7 @@ def default_settings() -> dict:
     from avgen.model.pipeline import GenerateSettings
 
     d = GenerateSettings()
-    return {k: getattr(d, k) for k in SETTING_KEYS}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(d, k)) for k in SETTING_KEYS)}
 
 
 def candidates(folder, prompts: Iterable[str] | None) -> list[tuple[str, int, dict]]:

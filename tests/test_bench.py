@@ -19,6 +19,9 @@ def test_bench_tiny(tmp_path, capsys):
                 "peak_mem_mb", "train_clips_per_s", "train_utilization", "flops_per_step"):
         assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
     assert set(r["batches"]) == {"1", "2"}
+    for key in ("matmul_seconds", "matmul_gflops", "matmul_utilization", "matmul_share_of_loop"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["matmul_calls"] > 0 and 0 < r["matmul_shapes"] <= r["matmul_calls"]
     assert abs(r["rtf"] - r["generate_seconds"] / r["clip_seconds"]) < 1e-3
     assert set(r["scaling"]["seconds_by_duration"]) == {"1.5", "3.0"}
     assert "gemm ceiling" in capsys.readouterr().out

@@ -86,6 +86,16 @@ def test_decode_is_deterministic(codec):
     assert torch.equal(codec.decode_audio(tokens), codec.decode_audio(tokens))
 
 
+def test_decoded_sound_never_exceeds_full_scale(codec):
+    x = tone(440.0, amp=0.3)
+    tokens = codec.encode_audio(x)
+    quiet = codec.decode_audio(tokens)
+    assert float(quiet.abs().max()) < 1.0
+    assert torch.equal(quiet, codec.waveform(codec.expand(tokens.reshape(1, -1, tokens.shape[-1] // 4)), x.shape[1]))
+    loud = codec.decode_audio(tokens * 6 + 3)  # far outside the data (what extreme guidance can produce)
+    assert torch.isfinite(loud).all() and abs(float(loud.abs().max()) - 1.0) < 1e-6
+
+
 def test_mel_option_round_trip():
     codec = AVCodec(SPEC, CODEC_PRESETS["mel64"])
     audio = tone(440.0)

@@ -56,6 +56,11 @@ def test_valid_settings_pass_through():
     for bad in (-0.1, 15.1, float("nan"), None):
         with pytest.raises(DemoInputError, match="audio guidance must be a number between 0 and 15"):
             inputs.check_scale("audio guidance", bad, lim)
+    assert inputs.check_interval((0, 0.8)) == (0.0, 0.8)
+    for bad, message in (((0.9, 0.2), "from noise level 0.9 up to a lower level 0.2"),
+                         ((None, 0.5), "between 0 and 1"), ((0.0, 1.5), "between 0 and 1")):
+        with pytest.raises(DemoInputError, match=message):
+            inputs.check_interval(bad)
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -198,7 +203,8 @@ def test_bad_input_fails_before_sampling(studio, monkeypatch):
     monkeypatch.setattr(pipeline, "generate", must_not_run)
     for bad, message in ((settings(prompt="3 1 4 1"), "at most 3"), (settings(steps=0), "steps"),
                          (settings(sampler="ddim"), "sampler must be one of"), (settings(mode="a2v"), "add one first"),
-                         (settings(mode="t2i"), "mode must be one of")):
+                         (settings(mode="t2i"), "mode must be one of"),
+                         (settings(guidance_interval=(0.8, 0.3)), "up to a lower level")):
         with pytest.raises(DemoInputError, match=message):
             studio.run(bad)
 
@@ -289,7 +295,7 @@ def write_preset(folder):
     metrics = {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0, "onset_f1": 1.0,
                "abs_offset_ms": 3.0, "offset_confidence": 0.5}
     settings = {"steps": 2, "sampler": "euler", "guidance_scale": 3.0, "audio_guidance_scale": None,
-                "modality_scale": 1.0}
+                "modality_scale": 1.0, "guidance_interval": [0.0, 0.75]}
     return save_preset(SeedPreset("2-7", "2 7", 11, settings, metrics), folder)
 
 
@@ -299,8 +305,9 @@ def client(url, tmp_path):
     return Client(url, verbose=False, download_files=str(tmp_path))
 
 
-def call(c, mode="t2av", prompt="3 1 4", seed=0, steps=2, audio=None, video=None):
-    return c.predict(mode, prompt, seed, steps, 4.0, 4.0, 1.0, "euler", "cpu", audio, video, api_name="/generate")
+def call(c, mode="t2av", prompt="3 1 4", seed=0, steps=2, audio=None, video=None, interval=(0.0, 1.0)):
+    return c.predict(mode, prompt, seed, steps, 4.0, 4.0, 1.0, "euler", "cpu", audio, video, *interval,
+                     api_name="/generate")
 
 
 def test_gradio_client_generates_a_three_second_clip(served, tmp_path):
@@ -369,7 +376,7 @@ def test_examples_come_from_the_seeds_folder(served):
     assert len(datasets) == 1
     samples = datasets[0]["props"]["samples"]
     assert len(samples) == 1 and len(samples[0]) == len(EXAMPLE_FIELDS)
-    assert samples[0][:4] == ["t2av", "2 7", 11, 2] and samples[0][7] == "euler"
+    assert samples[0][:4] == ["t2av", "2 7", 11, 2] and samples[0][7] == "euler" and samples[0][8:] == [0.0, 0.75]
 
 
 def test_only_one_generation_runs_at_a_time(studio, monkeypatch):

@@ -192,7 +192,24 @@ def test_cli_generate(pipe, tmp_path, capsys):
     assert main(["generate", "3 x", "--out", str(out), "--weights", str(tmp_path / "w")]) == 2
 
 
-@pytest.mark.parametrize("bad", [dict(guidance_scale=float("nan")), dict(modality_scale=float("inf")),
+def test_guidance_acts_only_inside_its_noise_interval(pipe, monkeypatch):
+    spy = ForwardSpy(pipe, monkeypatch)
+    pipe("3 1", num_inference_steps=6, guidance_scale=4.0, guidance_interval=(0.0, 0.5), generator=seeded())
+    sizes = [(float(c["t_video"][0]), c["video"].shape[0]) for c in spy.calls]
+    assert all(n == (2 if t <= 0.5 else 1) for t, n in sizes) and {n for _, n in sizes} == {1, 2}
+    everywhere = pipe("3 1", num_inference_steps=6, guidance_scale=4.0, generator=seeded())
+    spy.calls.clear()
+    full = pipe("3 1", num_inference_steps=6, guidance_scale=4.0, guidance_interval=(0.0, 1.0), generator=seeded())
+    assert np.array_equal(full.frames, everywhere.frames) and all(c["video"].shape[0] == 2 for c in spy.calls)
+    g = Guidance(3.0, 2.0, 1.0, 1.0, interval=(0.2, 0.6))
+    assert g.at({"video": 0.4, "audio": 0.9}) == Guidance(3.0, 1.0, 1.0, 1.0, interval=(0.2, 0.6))
+    assert not g.at({"video": 0.1, "audio": 0.0}).needs_uncond  # t = 0: a held-clean modality is never guided
+    with pytest.raises(ValueError, match="0 <= lo <= hi <= 1"):
+        pipe("3", guidance_interval=(0.7, 0.2), num_inference_steps=1)
+
+
+@pytest.mark.parametrize("bad", [dict(guidance_interval=(0.5, 1.5)), dict(guidance_interval="0.5"),
+                                 dict(guidance_scale=float("nan")), dict(modality_scale=float("inf")),
                                  dict(steps="10"), dict(steps=0), dict(seed=-1), dict(num_clips=True),
                                  dict(sampler="ddim"), dict(mode="x2y"), dict(duration=float("nan")),
                                  dict(prompt=3)])

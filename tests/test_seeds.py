@@ -17,7 +17,7 @@ from tests.demo_helpers import make_tiny_weights
 GOOD_METRICS = {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0, "onset_f1": 1.0,
                 "abs_offset_ms": 4.0, "offset_confidence": 0.6}
 SETTINGS = {"steps": 2, "sampler": "euler", "guidance_scale": 4.0, "audio_guidance_scale": None,
-            "modality_scale": 1.0}
+            "modality_scale": 1.0, "guidance_interval": [0.0, 1.0]}
 
 
 def preset_dict(**changes) -> dict:
@@ -49,6 +49,8 @@ def test_a_missing_folder_holds_no_presets(tmp_path):
     ({"settings": {**SETTINGS, "eta": 0.0}}, "settings must hold exactly"),
     ({"settings": {**SETTINGS, "steps": 0}}, "settings.steps must be a positive integer"),
     ({"settings": {**SETTINGS, "guidance_scale": "4"}}, "settings.guidance_scale must be a number"),
+    ({"settings": {**SETTINGS, "guidance_interval": [0.8, 0.2]}}, "settings.guidance_interval must be"),
+    ({"settings": {**SETTINGS, "guidance_interval": 0.5}}, "settings.guidance_interval must be"),
     ({"metrics": {}}, "written by `avgen seeds measure`"),
     ({"metrics": {**GOOD_METRICS, "onset_f1": math.nan}}, "\\['onset_f1'\\] must be numbers"),
 ])
@@ -79,7 +81,8 @@ def test_settings_are_the_generators_own_and_pinned_at_its_defaults():
     fields = {f.name for f in dataclasses.fields(GenerateSettings)}
     assert set(seeds.SETTING_KEYS) <= fields
     d = GenerateSettings()
-    assert seeds.default_settings() == {k: getattr(d, k) for k in seeds.SETTING_KEYS}
+    assert seeds.default_settings() == {k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in ((k, getattr(d, k)) for k in seeds.SETTING_KEYS)}
     g = SeedPreset.from_dict(preset_dict()).generate_settings("cpu")
     assert (g.prompt, g.seed, g.steps, g.device, g.num_clips, g.mode) == ("3 1 4", 7, 2, "cpu", 1, "t2av")
 

@@ -168,3 +168,37 @@ def test_token_count_mismatch_raises():
     x = inputs()
     with pytest.raises(ValueError):
         tiny()(**dict(x, audio=x["audio"][:, :-1]))
+
+
+def test_the_prompt_count_reaches_every_token_and_starts_at_zero():
+    model = tiny()
+    assert model.config.count_cond and float(model.count_embed.weight.detach().abs().max()) == 0.0
+    model = randomised(model)
+    x = inputs()
+    # the same labels in the valid slots, but a different count: only the count input sees the difference
+    with torch.no_grad():
+        base = model(**x)
+        model.count_embed.weight.zero_()
+        no_count = model(**x)
+    assert (base["video"] - no_count["video"]).abs().max() > 1e-3
+    assert (base["audio"] - no_count["audio"]).abs().max() > 1e-3
+
+
+def test_weights_made_before_the_count_input_load_without_it_and_can_grow_it(tmp_path):
+    from avgen.train.loop import add_count_cond
+
+    old = randomised(tiny(count_cond=False))
+    assert old.count_embed is None
+    old.save_pretrained(tmp_path)
+    cfg = (tmp_path / "config.json")
+    import json
+    stored = json.loads(cfg.read_text())
+    del stored["count_cond"]  # as written by the versions before the key existed
+    cfg.write_text(json.dumps(stored))
+    loaded = AVDiT.from_pretrained(tmp_path, local_files_only=True).eval()
+    assert not loaded.config.count_cond and loaded.count_embed is None
+    grown = add_count_cond(loaded, True, lambda msg: None).eval()
+    assert grown.config.count_cond and float(grown.count_embed.weight.detach().abs().max()) == 0.0
+    with torch.no_grad():  # a zero count embedding: the grown model computes exactly what the old one did
+        assert all(torch.equal(u, v) for u, v in zip(loaded(**inputs()).values(), grown(**inputs()).values()))
+    assert add_count_cond(loaded, False, lambda msg: None) is loaded

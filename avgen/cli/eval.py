@@ -20,6 +20,9 @@ from avgen.cli import SEED, UsageError, number, whole
 
 
 def register(sub) -> None:
+    from avgen.model.pipeline import GenerateSettings
+
+    d = GenerateSettings()  # --generate defaults are the library's (and the demo's)
     p = sub.add_parser("eval", help="measure AV sync and consistency of video files, dataset controls or a model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="video files with sound, or folders of them")
@@ -42,7 +45,7 @@ def register(sub) -> None:
     g.add_argument("--generate", type=whole(1, 100_000), default=None, metavar="N",
                    help="generate N clips and evaluate them")
     g.add_argument("--weights", default=None, help="model weights folder (for --generate)")
-    g.add_argument("--steps", type=whole(1, 1000), default=25, help="sampling steps (for --generate)")
+    g.add_argument("--steps", type=whole(1, 1000), default=d.steps, help="sampling steps (for --generate)")
     g.add_argument("--duration", type=number(0.25, 60.0), default=None,
                    help="seconds per generated clip (default: the model's training duration)")
     g.add_argument("--mode", choices=["t2av", "a2v", "v2a"], default="t2av",
@@ -50,11 +53,13 @@ def register(sub) -> None:
                    "against their prompts")
     g.add_argument("--no-prompt", action="store_true",
                    help="a2v / v2a with the null prompt: the given modality alone must carry the meaning")
-    g.add_argument("--sampler", default="euler", help="sampler for --generate (euler, heun, dpm++)")
-    g.add_argument("--guidance-scale", type=number(0.0, 100.0), default=4.0)
+    g.add_argument("--sampler", default=d.sampler, help="sampler for --generate (euler, heun, dpm++)")
+    g.add_argument("--guidance-scale", type=number(0.0, 100.0), default=d.guidance_scale)
     g.add_argument("--audio-guidance-scale", type=number(0.0, 100.0), default=None)
-    g.add_argument("--modality-scale", type=number(0.0, 100.0), default=1.0,
+    g.add_argument("--modality-scale", type=number(0.0, 100.0), default=d.modality_scale,
                    help="guidance away from the pass without the cross-modal path (1 = off)")
+    g.add_argument("--guidance-interval", type=number(0.0, 1.0), nargs=2, default=list(d.guidance_interval),
+                   metavar=("LO", "HI"), help="noise levels (1 = pure noise) where prompt guidance acts")
     g.add_argument("--device", default="auto")
     p.add_argument("--judges", default=None, help="judges folder (default: weights/judges), or 'shapes' for the "
                    "shapes template judges (automatic with --dataset shapes)")
@@ -169,7 +174,8 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
     return suite.generated_items(args.weights, args.generate, work / "generated", args.seed, reference_name(args),
                                  args.steps, args.device, args.data_root, args.duration, sampler=args.sampler,
                                  guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
-                                 modality_scale=args.modality_scale, mode=args.mode,
+                                 modality_scale=args.modality_scale, guidance_interval=tuple(args.guidance_interval),
+                                 mode=args.mode,
                                  prompt=not args.no_prompt)
 
 

@@ -107,6 +107,11 @@ def _inputs(studio: Studio, device: str) -> dict:
                                           label="audio guidance (1 = off)")
         ins["modality"] = gr.Slider(0.0, lim.max_guidance, value=d.modality_scale, step=0.1,
                                     label="modality scale: pull each stream towards the other (1 = off)")
+        with gr.Row():
+            ins["guide_lo"] = gr.Slider(0.0, 1.0, value=d.guidance_interval[0], step=0.05,
+                                        label="guidance acts from noise level")
+            ins["guide_hi"] = gr.Slider(0.0, 1.0, value=d.guidance_interval[1], step=0.05,
+                                        label="... up to noise level (1 = pure noise)")
         ins["sampler"] = gr.Dropdown(list(studio.samplers), value=d.sampler, label="sampler")
         ins["device"] = gr.Radio(list(DEVICE_CHOICES), value=device, label="device")
     ins["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -125,14 +130,17 @@ def _outputs() -> dict:
     return outs
 
 
-EXAMPLE_FIELDS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidance", "modality", "sampler")
+EXAMPLE_FIELDS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidance", "modality", "sampler",
+                  "guide_lo", "guide_hi")
 
 
 def example_row(p: SeedPreset) -> list:
     """A preset as the values of the EXAMPLE_FIELDS inputs."""
     s = p.settings
     audio_g = s["guidance_scale"] if s["audio_guidance_scale"] is None else s["audio_guidance_scale"]
-    return ["t2av", p.prompt, p.seed, s["steps"], s["guidance_scale"], audio_g, s["modality_scale"], s["sampler"]]
+    lo, hi = s["guidance_interval"]
+    return ["t2av", p.prompt, p.seed, s["steps"], s["guidance_scale"], audio_g, s["modality_scale"], s["sampler"],
+            lo, hi]
 
 
 def example_label(p: SeedPreset) -> str:
@@ -148,7 +156,7 @@ def _examples(presets: list[SeedPreset], ins: dict) -> None:
 
 # ----------------------------------------------------------------------------- events
 GENERATE_INPUTS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidance", "modality", "sampler",
-                   "device", "audio", "video")
+                   "device", "audio", "video", "guide_lo", "guide_hi")
 
 
 def _wire(studio: Studio, ins: dict, outs: dict) -> None:
@@ -175,10 +183,13 @@ def make_handler(studio: Studio):
     from avgen.model.pipeline import GenerateSettings
 
     def generate(mode, prompt, seed, steps, guidance, audio_guidance, modality, sampler, device, audio, video,
-                 progress=gr.Progress()):
+                 guide_lo=None, guide_hi=None, progress=gr.Progress()):
+        d = GenerateSettings()
+        interval = (d.guidance_interval[0] if guide_lo is None else guide_lo,
+                    d.guidance_interval[1] if guide_hi is None else guide_hi)
         settings = GenerateSettings(prompt=prompt or "", seed=seed, steps=steps, sampler=sampler,
                                     guidance_scale=guidance, audio_guidance_scale=audio_guidance,
-                                    modality_scale=modality, device=device, mode=mode)
+                                    modality_scale=modality, guidance_interval=interval, device=device, mode=mode)
         upload = {"a2v": audio, "v2a": video}.get(mode)
         say = lambda fraction, desc: progress(fraction, desc=desc)  # noqa: E731
         try:

@@ -94,6 +94,17 @@ def check_scale(name: str, value, limits: DemoLimits) -> float:
     return float(value)
 
 
+def check_interval(interval) -> tuple[float, float]:
+    """The noise levels where guidance acts: two numbers with 0 <= lo <= hi <= 1."""
+    lo, hi = interval
+    for v in (lo, hi):
+        if not _is_number(v) or not 0 <= v <= 1:
+            raise DemoInputError(f"the guidance noise levels must be numbers between 0 and 1, got {_shown(v)}")
+    if lo > hi:
+        raise DemoInputError(f"guidance cannot act from noise level {lo:g} up to a lower level {hi:g}")
+    return float(lo), float(hi)
+
+
 def check_seed(seed) -> int:
     # torch.Generator.manual_seed takes any 64-bit value; the UI offers non-negative ones
     n = _whole(seed)

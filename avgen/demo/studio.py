@@ -95,6 +95,7 @@ class Studio:
             audio_guidance_scale=None if settings.audio_guidance_scale is None else
             inputs.check_scale("audio guidance", settings.audio_guidance_scale, lim),
             modality_scale=inputs.check_scale("modality scale", settings.modality_scale, lim),
+            guidance_interval=inputs.check_interval(settings.guidance_interval),
             device=inputs.check_choice("device", settings.device, DEVICE_CHOICES), num_clips=1, duration=None)
         if mode == "t2av":
             return settings, {}, []

@@ -147,7 +147,10 @@ class AVCodec(nn.Module):
         c = self.cfg
         feats = rearrange(tokens.float(), "b n (k f) -> b (n k) f", k=c.frames_per_token * c.stft_per_frame)
         num_samples = tokens.shape[1] * c.frames_per_token * self.spec.samples_per_frame
-        return self.waveform(self.expand(feats), num_samples)  # (B, S)
+        wave = self.waveform(self.expand(feats), num_samples)  # (B, S)
+        # tokens far outside the data's range (extreme guidance) can exceed full scale: such a clip is
+        # scaled down to peak 1 as a whole (no clipping distortion); any other clip is left untouched
+        return wave / wave.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
 
     def decode(self, tokens: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """{video, audio} tokens -> (frames (B, T, H, W, C) in [0, 1], audio (B, S))."""

@@ -9,6 +9,7 @@ Time: every media token carries its time in seconds and rotary position embeddin
 that time into a phase, so video token n and audio token n (the same instant) get the same
 rotation, and attention between them depends only on their time difference. Prompt tokens get
 no rotation; they carry a label embedding plus an ordinal embedding (first, second, ... event).
+How many labels the prompt has (0 = null) is also added to every stream's AdaLN input (`count_cond`).
 
 Cross-modal path (see `Attention`): within-modality attention and video<->audio attention are two
 masked passes over the same q, k, v; the cross-modal output enters through a zero-initialised
@@ -209,9 +210,11 @@ class AVDiT(ModelMixin, ConfigMixin):
     def __init__(self, video_dim: int, audio_dim: int, vocab: tuple[str, ...] | list[str] = tuple("0123456789"),
                  max_events: int = 3, hidden_size: int = 256, depth: int = 6, num_heads: int = 4,
                  mlp_ratio: float = 4.0, rope_min_period_s: float = 0.125, rope_max_period_s: float = 32.0,
-                 token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None):
+                 token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None,
+                 count_cond: bool = False):
         super().__init__()
-        ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s)  # validates
+        ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s,
+                    count_cond)  # validates
         d = hidden_size
         self.head_dim = d // num_heads
         self.embed = nn.ModuleDict({"video": nn.Linear(video_dim, d), "audio": nn.Linear(audio_dim, d)})
@@ -220,6 +223,9 @@ class AVDiT(ModelMixin, ConfigMixin):
         self.null_token = nn.Parameter(torch.zeros(d))  # the whole prompt of an unconditional sample
         self.prompt_cond = nn.Parameter(torch.zeros(d))  # t-independent AdaLN input of prompt tokens
         self.t_embed = TimestepEmbedder(d)
+        # number of prompt labels (0 = null prompt), added to every stream's AdaLN input; zero at init,
+        # so turning it on for pretrained weights (`avgen train --init-from`) starts from the same function
+        self.count_embed = nn.Embedding(max_events + 1, d) if count_cond else None
         self.blocks = nn.ModuleList([AVDiTBlock(d, num_heads, mlp_ratio) for _ in range(depth)])
         self.final = nn.ModuleDict({"video": FinalLayer(d, video_dim), "audio": FinalLayer(d, audio_dim)})
         self.initialize_weights()
@@ -248,6 +254,8 @@ class AVDiT(ModelMixin, ConfigMixin):
             nn.init.normal_(emb, std=0.02)
         for layer in self.t_embed.mlp[0::2]:
             nn.init.normal_(layer.weight, std=0.02)
+        if self.count_embed is not None:
+            nn.init.zeros_(self.count_embed.weight)
         for block in self.blocks:
             for ada in block.ada.values():
                 nn.init.zeros_(ada[-1].weight)
@@ -292,6 +300,9 @@ class AVDiT(ModelMixin, ConfigMixin):
         cond = {"prompt": self.prompt_cond[None].repeat(batch, 1),  # (B, D)
                 "video": self.t_embed(t_video),  # (B, D)
                 "audio": self.t_embed(t_audio)}  # (B, D)
+        if self.count_embed is not None:
+            count = self.count_embed(prompt_mask.bool().sum(dim=1))  # (B, D): labels in the prompt, 0 = null
+            cond = {s: c + count.to(c.dtype) for s, c in cond.items()}
         x = {"prompt": prompt, "video": self.embed["video"](video), "audio": self.embed["audio"](audio)}
         for i, block in enumerate(self.blocks):
             x = block(x, cond, layout, MEDIA if i == len(self.blocks) - 1 else STREAMS)  # {stream: (B, L_s, D)}

@@ -107,9 +107,10 @@ class TrainConfig:
 
 # Named starting points. `tiny` is the smoke test (seconds on a CPU). `shapes-cpu` is sized to end
 # inside 30 minutes on this project's 2-core machine even with ONE core (the other busy): AVDiT-XS
-# (3.6 M parameters, ~5x cheaper per clip than AVDiT-S) at ~55 steps/min of 32 clips; measured: this
-# config with a 2000-step cosine, stopped at step 1600 after 29.7 min, reached onset F1 0.89 and median
-# |AV offset| 2.5 ms on 100 generated clips (`avgen eval --generate 100 --dataset shapes`). `digits-cpu`
+# (3.6 M parameters, ~5x cheaper per clip than AVDiT-S). Measured with the prompt-count input: 16 min
+# on one core (a training run on the other) gave onset F1 0.865 [0.81, 0.91], median |AV offset| 2.5 ms,
+# glyph / tone accuracy 57 / 60% on 100 generated clips (`avgen eval --generate 100 --dataset shapes`);
+# 2800 steps (24 min) gave F1 0.856, 52 / 53%: no better, so the preset stays short. `digits-cpu`
 # keeps a constant LR after warmup so that it can be extended with `--resume --steps N` across
 # sessions (end it with `--set lr_schedule=wsd --set decay_steps=N` for a cooldown). `digits-gpu`
 # is for one H200 (bf16, AVDiT-B, big batch) and has not been timed yet.

@@ -197,6 +197,20 @@ def load_weights_folder(path) -> AVDiT:
     return AVDiT.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
 
 
+def add_count_cond(model: AVDiT, wanted: bool, log) -> AVDiT:
+    """A pretrained model without the prompt-count input, given one when `wanted`: the new
+    embedding starts at zero, so the grown model computes exactly what the pretrained one did."""
+    if not wanted or model.config.get("count_cond", False):
+        return model
+    config = {k: v for k, v in model.config.items() if k != "_use_default_values"}  # else count_cond stays default
+    grown = AVDiT.from_config({**config, "count_cond": True})
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or set(missing) != {"count_embed.weight"}:
+        raise ValueError(f"cannot add count_cond to the pretrained model: missing {missing}, unexpected {unexpected}")
+    log("--init-from: the pretrained model gets the prompt-count input (count_cond), starting at zero")
+    return grown
+
+
 def config_of_model(cfg: TrainConfig, model: AVDiT) -> TrainConfig:
     """`cfg` with the size, codec and clip spec of a pretrained model (they are not ours to change)."""
     mc = model.config
@@ -485,6 +499,7 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
         log(f"resuming from {checkpoint.name}: --init-from {init_from} is ignored")
     pretrained = load_weights_folder(init_from) if init_from is not None and checkpoint is None else None
     if pretrained is not None:
+        pretrained = add_count_cond(pretrained, cfg.model.count_cond, log)
         cfg, asked = config_of_model(cfg, pretrained), cfg
         changed = _changed_keys({k: asked.to_dict()[k] for k in ("model", "codec", "spec")},
                                 {k: cfg.to_dict()[k] for k in ("model", "codec", "spec")})
