@@ -33,7 +33,7 @@ class BenchConfig:
     sampler: str = _default("sampler")
     guidance_scale: float = _default("guidance_scale")
     modality_scale: float = _default("modality_scale")
-    guidance_interval: tuple[float, float] = _default("guidance_interval")
+    guidance_interval: tuple[float, float] | None = _default("guidance_interval")  # None: the T2AV default
     big_batch: int = 8
     durations: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0)
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)

@@ -5,7 +5,7 @@ One preset per file, `seeds/<name>.json`:
 
     {"name": "3-1-4", "prompt": "3 1 4", "seed": 7,
      "settings": {"steps": 25, "sampler": "euler", "guidance_scale": 4.0,
-                  "audio_guidance_scale": null, "modality_scale": 1.0, "guidance_interval": [0.0, 1.0]},
+                  "audio_guidance_scale": null, "modality_scale": 1.0, "guidance_interval": [0.0, 0.8]},
      "metrics": {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0,
                  "onset_f1": 1.0, "abs_offset_ms": 4.2, "offset_confidence": 0.61}}
 
@@ -279,7 +279,7 @@ def default_settings() -> dict:
     """The pinned settings of a new preset: the generator's current defaults."""
     from avgen.model.pipeline import GenerateSettings
 
-    d = GenerateSettings()
+    d = GenerateSettings(mode="t2av").check()  # presets are text-to-AV; check() resolves mode defaults
     return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(d, k)) for k in SETTING_KEYS)}
 
 

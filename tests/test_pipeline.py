@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from avgen.data.clip import ClipSpec
-from avgen.model.pipeline import (SAMPLERS, AVGenPipeline, GenerateSettings, Guidance, generate, load_pipeline,
-                                  write_outputs)
+from avgen.model.pipeline import (DEFAULT_GUIDANCE_INTERVAL, SAMPLERS, AVGenPipeline, GenerateSettings, Guidance,
+                                  generate, load_pipeline, write_outputs)
 from avgen.model.transformer import AVDiT
 
 SPEC = ClipSpec(duration=1.0)  # 16 frames, 8000 samples
@@ -79,7 +79,7 @@ def test_same_seed_same_clip_and_batch_independence(pipe):
 
 def test_all_guidance_passes_run_as_one_forward_per_step(pipe, monkeypatch):
     spy = ForwardSpy(pipe, monkeypatch)
-    pipe(["3", "4 5"], num_inference_steps=4, guidance_scale=3.0, modality_scale=2.0,
+    pipe(["3", "4 5"], num_inference_steps=4, guidance_scale=3.0, modality_scale=2.0, guidance_interval=(0.0, 1.0),
          generator=[seeded(0), seeded(1)])
     assert len(spy.calls) == 4
     call = spy.calls[0]
@@ -162,9 +162,12 @@ def test_save_load_gives_the_same_clip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
     loaded = AVGenPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
+    sa, sb = pipe.transformer.state_dict(), loaded.transformer.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     a = pipe("3 1", num_inference_steps=2, generator=seeded(3))
     b = loaded("3 1", num_inference_steps=2, generator=seeded(3))
-    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    # equal weights; the BLAS may take another kernel path for differently aligned copies (~1e-7 apart)
+    assert np.allclose(a.frames, b.frames, atol=1e-5) and np.allclose(a.audio, b.audio, atol=1e-5)
     assert load_pipeline(tmp_path, device="cpu").codec.spec == SPEC
 
 
@@ -197,15 +200,23 @@ def test_guidance_acts_only_inside_its_noise_interval(pipe, monkeypatch):
     pipe("3 1", num_inference_steps=6, guidance_scale=4.0, guidance_interval=(0.0, 0.5), generator=seeded())
     sizes = [(float(c["t_video"][0]), c["video"].shape[0]) for c in spy.calls]
     assert all(n == (2 if t <= 0.5 else 1) for t, n in sizes) and {n for _, n in sizes} == {1, 2}
-    everywhere = pipe("3 1", num_inference_steps=6, guidance_scale=4.0, generator=seeded())
+    default = pipe("3 1", num_inference_steps=6, guidance_scale=4.0, generator=seeded())
+    assert np.array_equal(default.frames, pipe("3 1", num_inference_steps=6, guidance_scale=4.0, generator=seeded(),
+                                               guidance_interval=DEFAULT_GUIDANCE_INTERVAL).frames)
+    assert GenerateSettings().check().guidance_interval == DEFAULT_GUIDANCE_INTERVAL
+    assert GenerateSettings(mode="a2v").check().guidance_interval == (0.0, 1.0)
+    assert GenerateSettings(mode="a2v", guidance_interval=(0.1, 0.5)).check().guidance_interval == (0.1, 0.5)
     spy.calls.clear()
     full = pipe("3 1", num_inference_steps=6, guidance_scale=4.0, guidance_interval=(0.0, 1.0), generator=seeded())
-    assert np.array_equal(full.frames, everywhere.frames) and all(c["video"].shape[0] == 2 for c in spy.calls)
+    assert all(c["video"].shape[0] == 2 for c in spy.calls) and not np.array_equal(full.frames, default.frames)
     g = Guidance(3.0, 2.0, 1.0, 1.0, interval=(0.2, 0.6))
     assert g.at({"video": 0.4, "audio": 0.9}) == Guidance(3.0, 1.0, 1.0, 1.0, interval=(0.2, 0.6))
     assert not g.at({"video": 0.1, "audio": 0.0}).needs_uncond  # t = 0: a held-clean modality is never guided
     with pytest.raises(ValueError, match="0 <= lo <= hi <= 1"):
         pipe("3", guidance_interval=(0.7, 0.2), num_inference_steps=1)
+    spy.calls.clear()  # audio given (A2V): its layout is given, guidance acts at every level by default
+    pipe("3 1", audio=np.zeros(8000, np.float32), num_inference_steps=4, guidance_scale=4.0, generator=seeded())
+    assert [c["video"].shape[0] for c in spy.calls] == [2, 2, 2, 2]
 
 
 @pytest.mark.parametrize("bad", [dict(guidance_interval=(0.5, 1.5)), dict(guidance_interval="0.5"),

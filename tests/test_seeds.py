@@ -81,6 +81,7 @@ def test_settings_are_the_generators_own_and_pinned_at_its_defaults():
     fields = {f.name for f in dataclasses.fields(GenerateSettings)}
     assert set(seeds.SETTING_KEYS) <= fields
     d = GenerateSettings()
+    d = d.check()  # mode defaults resolved
     assert seeds.default_settings() == {k: list(v) if isinstance(v, tuple) else v
                                        for k, v in ((k, getattr(d, k)) for k in seeds.SETTING_KEYS)}
     g = SeedPreset.from_dict(preset_dict()).generate_settings("cpu")

@@ -58,8 +58,9 @@ def register(sub) -> None:
     g.add_argument("--audio-guidance-scale", type=number(0.0, 100.0), default=None)
     g.add_argument("--modality-scale", type=number(0.0, 100.0), default=d.modality_scale,
                    help="guidance away from the pass without the cross-modal path (1 = off)")
-    g.add_argument("--guidance-interval", type=number(0.0, 1.0), nargs=2, default=list(d.guidance_interval),
-                   metavar=("LO", "HI"), help="noise levels (1 = pure noise) where prompt guidance acts")
+    g.add_argument("--guidance-interval", type=number(0.0, 1.0), nargs=2, default=None, metavar=("LO", "HI"),
+                   help="noise levels (1 = pure noise) where prompt guidance acts (default: 0 0.8 from text, "
+                   "0 1 with --audio / --video)")
     g.add_argument("--device", default="auto")
     p.add_argument("--judges", default=None, help="judges folder (default: weights/judges), or 'shapes' for the "
                    "shapes template judges (automatic with --dataset shapes)")
@@ -174,7 +175,8 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
     return suite.generated_items(args.weights, args.generate, work / "generated", args.seed, reference_name(args),
                                  args.steps, args.device, args.data_root, args.duration, sampler=args.sampler,
                                  guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
-                                 modality_scale=args.modality_scale, guidance_interval=tuple(args.guidance_interval),
+                                 modality_scale=args.modality_scale,
+                                 guidance_interval=args.guidance_interval and tuple(args.guidance_interval),
                                  mode=args.mode,
                                  prompt=not args.no_prompt)
 

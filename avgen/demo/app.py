@@ -21,6 +21,7 @@ import gradio as gr
 
 from avgen.demo.inputs import DemoLimits, describe_vocab
 from avgen.demo.studio import DEVICE_CHOICES, Studio, json_safe, report_markdown
+from avgen.model.pipeline import default_interval
 from avgen.seeds import DEFAULT_SEEDS_DIR, SeedPreset, load_presets
 
 MODES = [("text → audio + video", "t2av"), ("audio → video", "a2v"), ("video → audio", "v2a")]
@@ -108,9 +109,10 @@ def _inputs(studio: Studio, device: str) -> dict:
         ins["modality"] = gr.Slider(0.0, lim.max_guidance, value=d.modality_scale, step=0.1,
                                     label="modality scale: pull each stream towards the other (1 = off)")
         with gr.Row():
-            ins["guide_lo"] = gr.Slider(0.0, 1.0, value=d.guidance_interval[0], step=0.05,
+            lo, hi = default_interval(given=False)
+            ins["guide_lo"] = gr.Slider(0.0, 1.0, value=lo, step=0.05,
                                         label="guidance acts from noise level")
-            ins["guide_hi"] = gr.Slider(0.0, 1.0, value=d.guidance_interval[1], step=0.05,
+            ins["guide_hi"] = gr.Slider(0.0, 1.0, value=hi, step=0.05,
                                         label="... up to noise level (1 = pure noise)")
         ins["sampler"] = gr.Dropdown(list(studio.samplers), value=d.sampler, label="sampler")
         ins["device"] = gr.Radio(list(DEVICE_CHOICES), value=device, label="device")
@@ -160,14 +162,17 @@ GENERATE_INPUTS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidanc
 
 
 def _wire(studio: Studio, ins: dict, outs: dict) -> None:
-    ins["mode"].change(show_upload, ins["mode"], [ins["audio"], ins["video"]], api_visibility="private")
+    ins["mode"].change(show_upload, ins["mode"], [ins["audio"], ins["video"], ins["guide_lo"], ins["guide_hi"]],
+                       api_visibility="private")
     ins["dice"].click(roll_seed, None, ins["seed"], api_visibility="private")
     ins["run"].click(make_handler(studio), [ins[k] for k in GENERATE_INPUTS],
                      [outs[k] for k in ("video", "audio", "figure", "report", "json")], api_name="generate")
 
 
 def show_upload(mode: str):
-    return gr.update(visible=mode == "a2v"), gr.update(visible=mode == "v2a")
+    """The upload box of the mode, and the mode's default guidance interval."""
+    lo, hi = default_interval(given=mode != "t2av")
+    return gr.update(visible=mode == "a2v"), gr.update(visible=mode == "v2a"), lo, hi
 
 
 def roll_seed() -> int:
@@ -184,9 +189,7 @@ def make_handler(studio: Studio):
 
     def generate(mode, prompt, seed, steps, guidance, audio_guidance, modality, sampler, device, audio, video,
                  guide_lo=None, guide_hi=None, progress=gr.Progress()):
-        d = GenerateSettings()
-        interval = (d.guidance_interval[0] if guide_lo is None else guide_lo,
-                    d.guidance_interval[1] if guide_hi is None else guide_hi)
+        interval = None if guide_lo is None or guide_hi is None else (guide_lo, guide_hi)  # None: the mode's default
         settings = GenerateSettings(prompt=prompt or "", seed=seed, steps=steps, sampler=sampler,
                                     guidance_scale=guidance, audio_guidance_scale=audio_guidance,
                                     modality_scale=modality, guidance_interval=interval, device=device, mode=mode)

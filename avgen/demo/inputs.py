@@ -94,8 +94,10 @@ def check_scale(name: str, value, limits: DemoLimits) -> float:
     return float(value)
 
 
-def check_interval(interval) -> tuple[float, float]:
-    """The noise levels where guidance acts: two numbers with 0 <= lo <= hi <= 1."""
+def check_interval(interval) -> tuple[float, float] | None:
+    """The noise levels where guidance acts: two numbers with 0 <= lo <= hi <= 1 (None: the mode's default)."""
+    if interval is None:
+        return None
     lo, hi = interval
     for v in (lo, hi):
         if not _is_number(v) or not 0 <= v <= 1:
