@@ -141,9 +141,14 @@ def settings_problem(settings: dict) -> str:
     for k in ("guidance_scale", "modality_scale", "audio_guidance_scale"):
         if not (_is_number(settings[k]) or (k == "audio_guidance_scale" and settings[k] is None)):
             return f"settings.{k} must be a number{' or null' if k.startswith('audio') else ''}, got {settings[k]!r}"
+    from avgen.model.pipeline import check_interval  # the library's own rule
+
     interval = settings["guidance_interval"]
-    if not (isinstance(interval, (list, tuple)) and len(interval) == 2 and all(map(_is_number, interval))
-            and 0 <= interval[0] <= interval[1] <= 1):
+    try:
+        if not (isinstance(interval, (list, tuple)) and all(map(_is_number, interval))):
+            raise ValueError
+        check_interval(interval)
+    except ValueError:
         return f"settings.guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {interval!r}"
     return ""
 

@@ -63,6 +63,17 @@ def number(lo: float | None = None, hi: float | None = None, above: bool = False
     return parse
 
 
+def add_guidance_interval(parser) -> None:
+    """`--guidance-interval LO HI` (generate, eval): None = the library's default for the mode."""
+    parser.add_argument("--guidance-interval", type=number(0.0, 1.0), nargs=2, default=None, metavar=("LO", "HI"),
+                        help="noise levels (1 = pure noise) where prompt guidance acts (default: 0 0.8 from "
+                        "text, 0 1 when audio or video is given)")
+
+
+def interval_arg(args) -> tuple[float, float] | None:
+    return None if args.guidance_interval is None else tuple(args.guidance_interval)
+
+
 def _parse(text: str, kind, what: str):
     if len(text) > MAX_DIGITS:
         raise argparse.ArgumentTypeError(f"{text[:12]!r}... has {len(text)} characters; expected {what}")

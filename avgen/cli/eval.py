@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from avgen.cli import SEED, UsageError, number, whole
+from avgen.cli import SEED, UsageError, add_guidance_interval, interval_arg, number, whole
 
 
 def register(sub) -> None:
@@ -58,9 +58,7 @@ def register(sub) -> None:
     g.add_argument("--audio-guidance-scale", type=number(0.0, 100.0), default=None)
     g.add_argument("--modality-scale", type=number(0.0, 100.0), default=d.modality_scale,
                    help="guidance away from the pass without the cross-modal path (1 = off)")
-    g.add_argument("--guidance-interval", type=number(0.0, 1.0), nargs=2, default=None, metavar=("LO", "HI"),
-                   help="noise levels (1 = pure noise) where prompt guidance acts (default: 0 0.8 from text, "
-                   "0 1 with --audio / --video)")
+    add_guidance_interval(g)
     g.add_argument("--device", default="auto")
     p.add_argument("--judges", default=None, help="judges folder (default: weights/judges), or 'shapes' for the "
                    "shapes template judges (automatic with --dataset shapes)")
@@ -176,7 +174,7 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
                                  args.steps, args.device, args.data_root, args.duration, sampler=args.sampler,
                                  guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
                                  modality_scale=args.modality_scale,
-                                 guidance_interval=args.guidance_interval and tuple(args.guidance_interval),
+                                 guidance_interval=interval_arg(args),
                                  mode=args.mode,
                                  prompt=not args.no_prompt)
 

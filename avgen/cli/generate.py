@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from avgen.cli import SEED, UsageError, number, whole
+from avgen.cli import SEED, UsageError, add_guidance_interval, interval_arg, number, whole
 
 MAX_STEPS, MAX_CLIPS, MAX_DURATION_S, MAX_GUIDANCE = 1000, 100, 60.0, 100.0
 
@@ -32,9 +32,7 @@ def register(subparsers) -> None:
                    help="audio prompt guidance (default: --guidance-scale)")
     p.add_argument("--modality-scale", type=scale, default=d.modality_scale,
                    help="guidance away from the pass without the cross-modal path (1 = off)")
-    p.add_argument("--guidance-interval", type=number(0.0, 1.0), nargs=2, default=None, metavar=("LO", "HI"),
-                   help="noise levels (1 = pure noise) where prompt guidance acts (default: 0 0.8 from text, "
-                   "0 1 with --audio / --video)")
+    add_guidance_interval(p)
     p.add_argument("--duration", type=number(0.0, MAX_DURATION_S, above=True), default=None,
                    help="seconds (default: the model's clip length)")
     p.add_argument("--num-clips", type=whole(1, MAX_CLIPS), default=d.num_clips)
@@ -94,7 +92,7 @@ def run(args) -> int:
     settings = GenerateSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, sampler=args.sampler,
                                 guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
                                 modality_scale=args.modality_scale,
-                                guidance_interval=args.guidance_interval and tuple(args.guidance_interval),
+                                guidance_interval=interval_arg(args),
                                 duration=args.duration,
                                 num_clips=args.num_clips, device=args.device, mode=mode)
     clips = generate(pipe, settings, **given)
