@@ -1,0 +1,29 @@
+"""Timelines on the token clock (branch `timeline`, work in progress)."""
+import numpy as np
+import pytest
+
+from avgen.model.timeline import LayoutPrior, slots_from_events, unknown_slot
+
+
+def test_slots_follow_the_events_on_token_centres():
+    slots = slots_from_events([("3", 0.25, 0.5), ("1", 1.0, 1.25)], num_tokens=32, token_seconds=1 / 16)
+    assert slots[4:8].tolist() == [1, 1, 1, 1] and slots[16:20].tolist() == [2, 2, 2, 2]
+    assert (slots[:4] == 0).all() and (slots[8:16] == 0).all() and (slots[20:] == 0).all()
+    assert unknown_slot(3) == 4
+
+
+def test_the_prior_draws_ordered_events_with_gaps_and_is_seeded():
+    prior = LayoutPrior({"3": [4, 5], "1": [3]}, min_gap=3)
+    a = prior.draw(["3", "1", "3"], 48, np.random.default_rng(0))
+    b = prior.draw(["3", "1", "3"], 48, np.random.default_rng(0))
+    assert np.array_equal(a, b)
+    runs = [(v, len(list(g))) for v, g in __import__("itertools").groupby(a.tolist())]
+    events = [(v, n) for v, n in runs if v]
+    assert [v for v, _ in events] == [1, 2, 3] and events[1][1] == 3
+    gaps = [n for v, n in runs[1:-1] if v == 0]
+    assert all(n >= 3 for n in gaps)
+    with pytest.raises(ValueError, match="no event lengths"):
+        prior.draw(["7"], 48, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="do not fit"):
+        prior.draw(["3"] * 10, 20, np.random.default_rng(0))
+    assert LayoutPrior.from_dict(prior.to_dict()).lengths == prior.lengths
