@@ -27,3 +27,27 @@ def test_the_prior_draws_ordered_events_with_gaps_and_is_seeded():
     with pytest.raises(ValueError, match="do not fit"):
         prior.draw(["3"] * 10, 20, np.random.default_rng(0))
     assert LayoutPrior.from_dict(prior.to_dict()).lengths == prior.lengths
+
+
+def test_the_timeline_input_starts_at_zero_and_then_reaches_the_tokens():
+    import torch
+    from tests.test_transformer import inputs, randomised, tiny
+
+    model = tiny(timeline_cond=True)
+    x = inputs()
+    slots = torch.zeros(2, 16, dtype=torch.long)
+    slots[0, 2:6], slots[0, 8:11], slots[1, 4:9] = 1, 2, 1
+    with torch.no_grad():
+        plain = randomised(tiny(timeline_cond=True), skip="slot")
+        assert float(plain.slot_embed.weight.abs().max()) == 0.0
+        a, b = plain(**x), plain(**x, slots=slots)
+        assert all(torch.equal(a[m], b[m]) for m in a)  # zero-initialised: no effect yet
+        model = randomised(model)
+        c, d = model(**x), model(**x, slots=slots)
+        assert (c["video"] - d["video"]).abs().max() > 1e-3 and (c["audio"] - d["audio"]).abs().max() > 1e-3
+        other = slots.clone()
+        other[1, 4:9] = 0
+        e = model(**x, slots=other)
+        assert torch.equal(e["video"][0], d["video"][0]) and not torch.equal(e["video"][1], d["video"][1])
+    with pytest.raises(ValueError, match="slots must have shape"):
+        model(**x, slots=slots[:, :3])

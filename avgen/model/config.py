@@ -82,6 +82,8 @@ class ModelConfig:
     # step-8000 AVDiT-S gave the right number of events in only ~1/3 of clips, and 83-89% of the
     # digits in those clips were right. Off for weights made before it (their config lacks the key).
     count_cond: bool = True
+    # Every media token also gets its timeline slot (which prompt label is active there; see timeline.py).
+    timeline_cond: bool = False
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:

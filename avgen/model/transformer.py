@@ -211,10 +211,10 @@ class AVDiT(ModelMixin, ConfigMixin):
                  max_events: int = 3, hidden_size: int = 256, depth: int = 6, num_heads: int = 4,
                  mlp_ratio: float = 4.0, rope_min_period_s: float = 0.125, rope_max_period_s: float = 32.0,
                  token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None,
-                 count_cond: bool = False):
+                 count_cond: bool = False, timeline_cond: bool = False):
         super().__init__()
         ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s,
-                    count_cond)  # validates
+                    count_cond, timeline_cond)  # validates
         d = hidden_size
         self.head_dim = d // num_heads
         self.embed = nn.ModuleDict({"video": nn.Linear(video_dim, d), "audio": nn.Linear(audio_dim, d)})
@@ -226,6 +226,10 @@ class AVDiT(ModelMixin, ConfigMixin):
         # number of prompt labels (0 = null prompt), added to every stream's AdaLN input; zero at init,
         # so turning it on for pretrained weights (`avgen train --init-from`) starts from the same function
         self.count_embed = nn.Embedding(max_events + 1, d) if count_cond else None
+        # timeline slot per media token (0 none, k + 1 the k-th label, max_events + 1 unknown) and the label
+        # active there, both zero at init (see timeline.py)
+        self.slot_embed = nn.Embedding(max_events + 2, d) if timeline_cond else None
+        self.slot_label = nn.Linear(d, d) if timeline_cond else None
         self.blocks = nn.ModuleList([AVDiTBlock(d, num_heads, mlp_ratio) for _ in range(depth)])
         self.final = nn.ModuleDict({"video": FinalLayer(d, video_dim), "audio": FinalLayer(d, audio_dim)})
         self.initialize_weights()
@@ -256,6 +260,9 @@ class AVDiT(ModelMixin, ConfigMixin):
             nn.init.normal_(layer.weight, std=0.02)
         if self.count_embed is not None:
             nn.init.zeros_(self.count_embed.weight)
+        if self.slot_embed is not None:
+            for w in (self.slot_embed.weight, self.slot_label.weight, self.slot_label.bias):
+                nn.init.zeros_(w)
         for block in self.blocks:
             for ada in block.ada.values():
                 nn.init.zeros_(ada[-1].weight)
@@ -281,9 +288,22 @@ class AVDiT(ModelMixin, ConfigMixin):
         valid = torch.cat([(prompt_mask[:, 0] | is_null)[:, None], prompt_mask[:, 1:]], dim=1)  # (B, P)
         return tokens, valid
 
+    def embed_timeline(self, slots: torch.Tensor | None, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                       batch: int, num_tokens: int) -> torch.Tensor:
+        """(B, N) slots (None = unknown everywhere) -> (B, N, D): slot embedding + the active label's."""
+        k = self.config.max_events
+        if slots is None:
+            slots = torch.full((batch, num_tokens), k + 1, dtype=torch.long, device=prompt_ids.device)
+        if slots.shape != (batch, num_tokens):
+            raise ValueError(f"slots must have shape {(batch, num_tokens)}, got {tuple(slots.shape)}")
+        index = (slots - 1).clamp(0, prompt_ids.shape[1] - 1)  # (B, N): the label slot k+1 refers to
+        active = (slots >= 1) & (slots <= k) & torch.gather(prompt_mask, 1, index)  # a given, valid label
+        labels = self.label_embed(torch.gather(prompt_ids, 1, index)) * active[..., None]  # (B, N, D)
+        return self.slot_embed(slots) + self.slot_label(labels)
+
     def forward(self, video: torch.Tensor, audio: torch.Tensor, t_video: torch.Tensor, t_audio: torch.Tensor,
                 prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cross_modal: bool | torch.Tensor = True,
-                token_times: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                token_times: torch.Tensor | None = None, slots: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Noisy tokens at their own noise levels -> predicted clean tokens {video, audio}.
 
         video (B, N, Dv), audio (B, N, Da), t_video / t_audio (B,) in [0, 1] (0 = clean),
@@ -304,6 +324,9 @@ class AVDiT(ModelMixin, ConfigMixin):
             count = self.count_embed(prompt_mask.bool().sum(dim=1))  # (B, D): labels in the prompt, 0 = null
             cond = {s: c + count.to(c.dtype) for s, c in cond.items()}
         x = {"prompt": prompt, "video": self.embed["video"](video), "audio": self.embed["audio"](audio)}
+        if self.slot_embed is not None:
+            timeline = self.embed_timeline(slots, prompt_ids, prompt_mask.bool(), batch, num_tokens)  # (B, N, D)
+            x["video"], x["audio"] = x["video"] + timeline, x["audio"] + timeline
         for i, block in enumerate(self.blocks):
             x = block(x, cond, layout, MEDIA if i == len(self.blocks) - 1 else STREAMS)  # {stream: (B, L_s, D)}
         return {m: self.final[m](x[m], cond[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}
