@@ -183,8 +183,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
 def test_non_finite_loss_skips_the_update_and_is_logged(tmp_path, monkeypatch):
     real_load = loop.load_batch
 
-    def poisoned_step_2(ds, order, indices, seed, device):
-        batch = real_load(ds, order, indices, seed, device)
+    def poisoned_step_2(ds, order, indices, seed, device, *rest):
+        batch = real_load(ds, order, indices, seed, device, *rest)
         if indices.start == 4:  # the second step's batch (batch size 4)
             batch.audio[0, 100] = float("nan")
         return batch

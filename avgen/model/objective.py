@@ -38,12 +38,13 @@ class ObjectiveConfig:
     p_clean: float = 0.15  # per modality, mutually exclusive: P(video clean) = P(audio clean) = p_clean
     p_drop_prompt: float = 0.1
     p_drop_cross: float = 0.1
+    p_drop_timeline: float = 0.3  # models with a timeline input: how often it is withheld (A2V, V2A, none)
     t_min: float = 0.05  # clamp of t in v_pred = (x_t - x0_pred) / t (bounds the weight at 1/t_min^2)
 
     def __post_init__(self):
         if not 0 <= 2 * self.p_clean <= 1:
             raise ValueError(f"p_clean must lie in [0, 0.5], got {self.p_clean}")
-        for name in ("p_drop_prompt", "p_drop_cross"):
+        for name in ("p_drop_prompt", "p_drop_cross", "p_drop_timeline"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0 < self.t_min < 1:
@@ -119,7 +120,8 @@ def x0_to_velocity(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_min: 
 
 def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, prompt_ids: torch.Tensor,
                   prompt_mask: torch.Tensor, generator: Generator,
-                  cfg: ObjectiveConfig = ObjectiveConfig()) -> tuple[torch.Tensor, dict[str, float]]:
+                  cfg: ObjectiveConfig = ObjectiveConfig(),
+                  slots: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The rectified-flow loss of one batch of clips: frames (B, T, H, W, C) in [0, 1], audio (B, S).
 
     Returns (scalar loss = video loss + audio loss, stats). A modality's loss is averaged over the
@@ -134,8 +136,13 @@ def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, promp
     x_t = {m: add_noise(x0[m], noise[m], t[m]) for m in MEDIA}
     keep_prompt = _uniform(generator, batch, device) >= cfg.p_drop_prompt  # (B,)
     cross_modal = _uniform(generator, batch, device) >= cfg.p_drop_cross  # (B,)
+    extra = {}
+    if slots is not None:  # (B, N) slot ids, -1 = not known; drawn only here, so other runs keep their stream
+        unknown = model.config.max_events + 1
+        keep = (_uniform(generator, batch, device) >= cfg.p_drop_timeline)[:, None]  # (B, 1)
+        extra["slots"] = torch.where(keep & (slots >= 0), slots, torch.full_like(slots, unknown))
     pred = model(x_t["video"], x_t["audio"], t["video"], t["audio"], prompt_ids,
-                 prompt_mask.bool() & keep_prompt[:, None], cross_modal=cross_modal)
+                 prompt_mask.bool() & keep_prompt[:, None], cross_modal=cross_modal, **extra)
     loss, stats = torch.zeros((), device=device), {}
     for m in MEDIA:
         v_pred = x0_to_velocity(x_t[m], pred[m].float(), t[m], cfg.t_min)

@@ -126,6 +126,7 @@ class Batch:
     audio: torch.Tensor  # (b, S)
     labels: list[list[str]]  # prompt labels per sample
     generators: list[torch.Generator]  # one per sample, keyed by its global index
+    slots: torch.Tensor | None = None  # (b, N) timeline slot ids on the token clock, -1 = not known
 
 
 def local_indices(position: int, batch_size: int, rt: Runtime) -> range:
@@ -135,12 +136,25 @@ def local_indices(position: int, batch_size: int, rt: Runtime) -> range:
     return range(start, start + local)
 
 
-def load_batch(ds, order: SampleOrder, indices: range, seed: int, device: torch.device) -> Batch:
+def load_batch(ds, order: SampleOrder, indices: range, seed: int, device: torch.device,
+               frames_per_token: int = 1) -> Batch:
     clips = [ds[order(g)] for g in indices]
     frames = torch.from_numpy(np.stack([c.frames for c in clips]))  # (b, T, H, W, C)
     audio = torch.from_numpy(np.stack([c.audio for c in clips]))  # (b, S)
     return Batch(frames.to(device), audio.to(device), [ds.parse_prompt(c.prompt) for c in clips],
-                 [sample_generator(seed, g) for g in indices])
+                 [sample_generator(seed, g) for g in indices], clip_slots(clips, frames_per_token).to(device))
+
+
+def clip_slots(clips, frames_per_token: int) -> torch.Tensor:
+    """(b, N) timeline slots from each clip's ground-truth events; -1 everywhere for a clip without them."""
+    from avgen.model.timeline import slots_from_events
+
+    rows = []
+    for c in clips:
+        n = c.num_frames // frames_per_token
+        rows.append(slots_from_events(c.truth(), n, frames_per_token / c.fps) if c.events
+                    else np.full(n, -1, dtype=np.int64))
+    return torch.from_numpy(np.stack(rows))
 
 
 def build_dataset(cfg: TrainConfig, data_root=None):
@@ -300,7 +314,8 @@ class Trainer:
         ids, mask = encode_prompts(batch.labels, model.config.vocab, model.config.max_events, self.rt.device)
         with autocast(self.rt.device) if cfg.bf16 else contextlib.nullcontext():
             loss, stats = training_loss(self.net, self.codec, batch.frames, batch.audio, ids, mask,
-                                        batch.generators, cfg.objective)
+                                        batch.generators, cfg.objective,
+                                        slots=batch.slots if model.config.get("timeline_cond") else None)
         loss.backward()  # under DDP this also averages the gradients over ranks
         keys = sorted(k for k in stats if k != "loss")
         reduced = mean_over_ranks(torch.tensor([loss.item()] + [stats[k] for k in keys],
@@ -618,7 +633,8 @@ def _train(cfg, run_dir: Path, resume, init_from, data_root, rt: Runtime, show_b
     result = None
     while progress.step < cfg.steps:
         indices = local_indices(progress.data_position, cfg.batch_size, rt)
-        result = trainer.step(load_batch(ds, order, indices, cfg.seed, rt.device), progress.step)
+        batch = load_batch(ds, order, indices, cfg.seed, rt.device, cfg.codec.frames_per_token)
+        result = trainer.step(batch, progress.step)
         progress = progress.advance(cfg.batch_size, result.skipped)
         recorder.after_step(result, progress)
     recorder.close()
