@@ -13,7 +13,7 @@ def test_slots_follow_the_events_on_token_centres():
 
 
 def test_the_prior_draws_ordered_events_with_gaps_and_is_seeded():
-    prior = LayoutPrior({"3": [4, 5], "1": [3]}, min_gap=3)
+    prior = LayoutPrior({"3": {4: 2, 5: 1}, "1": {3: 7}}, min_gap=3)
     a = prior.draw(["3", "1", "3"], 48, np.random.default_rng(0))
     b = prior.draw(["3", "1", "3"], 48, np.random.default_rng(0))
     assert np.array_equal(a, b)
@@ -26,7 +26,8 @@ def test_the_prior_draws_ordered_events_with_gaps_and_is_seeded():
         prior.draw(["7"], 48, np.random.default_rng(0))
     with pytest.raises(ValueError, match="do not fit"):
         prior.draw(["3"] * 10, 20, np.random.default_rng(0))
-    assert LayoutPrior.from_dict(prior.to_dict()).lengths == prior.lengths
+    again = LayoutPrior.from_dict(__import__("json").loads(__import__("json").dumps(prior.to_dict())))
+    assert again.counts == prior.counts and again.min_gap == 3
 
 
 def test_the_timeline_input_starts_at_zero_and_then_reaches_the_tokens():
@@ -73,3 +74,16 @@ def test_training_feeds_the_ground_truth_timeline_and_learns_its_embedding(tmp_p
     state = load_file(str(r.checkpoint))
     learned = [k for k in state if "slot_embed" in k]
     assert learned and any(float(state[k].abs().max()) > 0 for k in learned)  # it was trained through slots
+
+
+def test_the_prior_is_measured_from_ground_truth_clips():
+    from avgen.data import make_dataset
+    from avgen.data.clip import ClipSpec
+
+    ds = make_dataset("shapes", split="train", spec=ClipSpec(duration=1.5, height=8, width=8))
+    clips = [ds[i] for i in range(50)]
+    prior = LayoutPrior.measure(clips, frames_per_token=1, min_gap_frames=3)
+    seen = {lab for c in clips for lab, *_ in c.truth()}
+    assert set(prior.counts) == seen and prior.min_gap == 3
+    total = sum(sum(h.values()) for h in prior.counts.values())
+    assert total == sum(len(c.events) for c in clips)

@@ -30,20 +30,35 @@ def slots_from_events(events: Sequence, num_tokens: int, token_seconds: float) -
 
 
 class LayoutPrior:
-    """Per-label event lengths (in tokens) seen in training; draws a timeline for a label sequence."""
+    """How long each label's events last (tokens -> how often seen in training); draws timelines."""
 
-    def __init__(self, lengths: dict[str, list[int]], min_gap: int):
-        if not lengths or any(not v or min(v) < 1 for v in lengths.values()):
+    def __init__(self, counts: dict[str, dict], min_gap: int):
+        self.counts = {str(lab): {int(n): int(c) for n, c in hist.items()} for lab, hist in counts.items()}
+        if not self.counts or any(not h or min(h) < 1 or min(h.values()) < 1 for h in self.counts.values()):
             raise ValueError("the layout prior needs at least one positive event length per label")
-        self.lengths, self.min_gap = {k: [int(n) for n in v] for k, v in lengths.items()}, int(min_gap)
+        self.min_gap = int(min_gap)
+
+    @classmethod
+    def measure(cls, clips, frames_per_token: int, min_gap_frames: int) -> "LayoutPrior":
+        """Event lengths of ground-truth clips, in tokens."""
+        counts: dict[str, dict[int, int]] = {}
+        for c in clips:
+            for label, start, end in c.truth():
+                n = max(1, round((end - start) * c.fps / frames_per_token))
+                counts.setdefault(label, {}).setdefault(n, 0)
+                counts[label][n] += 1
+        return cls(counts, -(-min_gap_frames // frames_per_token))
 
     def draw(self, labels: Sequence[str], num_tokens: int, rng: np.random.Generator,
              tries: int = 100) -> np.ndarray:
-        unknown = sorted(set(labels) - set(self.lengths))
+        unknown = sorted(set(labels) - set(self.counts))
         if unknown:
             raise ValueError(f"no event lengths for labels {unknown}")
         for _ in range(tries):
-            n = [int(rng.choice(self.lengths[lab])) for lab in labels]
+            n = []
+            for lab in labels:
+                lengths, weights = zip(*sorted(self.counts[lab].items()))
+                n.append(int(rng.choice(lengths, p=np.asarray(weights) / sum(weights))))
             onsets = layout(n, num_tokens, self.min_gap, rng)
             if onsets is not None:
                 slots = np.zeros(num_tokens, dtype=np.int64)
@@ -53,11 +68,12 @@ class LayoutPrior:
         raise ValueError(f"{len(labels)} events do not fit {num_tokens} tokens")
 
     def to_dict(self) -> dict:
-        return {"lengths": self.lengths, "min_gap": self.min_gap}
+        return {"counts": {lab: {str(n): c for n, c in h.items()} for lab, h in self.counts.items()},
+                "min_gap": self.min_gap}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LayoutPrior":
-        return cls(d["lengths"], d["min_gap"])
+        return cls(d["counts"], d["min_gap"])
 
 
 def as_tensor(slots: Sequence[np.ndarray], device=None) -> torch.Tensor:
