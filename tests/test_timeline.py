@@ -74,6 +74,11 @@ def test_training_feeds_the_ground_truth_timeline_and_learns_its_embedding(tmp_p
     state = load_file(str(r.checkpoint))
     learned = [k for k in state if "slot_embed" in k]
     assert learned and any(float(state[k].abs().max()) > 0 for k in learned)  # it was trained through slots
+    from avgen.train.loop import build_dataset, build_model
+
+    model = build_model(cfg, build_dataset(cfg))  # the layout prior travels in the model's config
+    prior = LayoutPrior.from_dict(model.config.layout_prior)
+    assert set(prior.counts) <= set(model.config.vocab) and prior.min_gap >= 1
 
 
 def test_the_prior_is_measured_from_ground_truth_clips():

@@ -211,7 +211,7 @@ class AVDiT(ModelMixin, ConfigMixin):
                  max_events: int = 3, hidden_size: int = 256, depth: int = 6, num_heads: int = 4,
                  mlp_ratio: float = 4.0, rope_min_period_s: float = 0.125, rope_max_period_s: float = 32.0,
                  token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None,
-                 count_cond: bool = False, timeline_cond: bool = False):
+                 count_cond: bool = False, timeline_cond: bool = False, layout_prior: dict | None = None):
         super().__init__()
         ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s,
                     count_cond, timeline_cond)  # validates
@@ -236,7 +236,7 @@ class AVDiT(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_preset(cls, preset: str | ModelConfig, spec: ClipSpec, vocab, max_events: int,
-                    codec: CodecConfig | None = None, **overrides) -> "AVDiT":
+                    codec: CodecConfig | None = None, layout_prior: dict | None = None, **overrides) -> "AVDiT":
         """A fresh model for clips of `spec` tokenised by `codec`, sized by a named preset."""
         from avgen.model.codec import AVCodec
 
@@ -244,7 +244,7 @@ class AVDiT(ModelMixin, ConfigMixin):
         tokens = AVCodec(spec, codec)
         return cls(video_dim=tokens.dims["video"], audio_dim=tokens.dims["audio"], vocab=list(vocab),
                    max_events=max_events, token_seconds=tokens.cfg.frames_per_token / spec.fps,
-                   clip_spec=spec.to_dict(), codec=tokens.cfg.to_dict(), **cfg.to_dict())
+                   clip_spec=spec.to_dict(), codec=tokens.cfg.to_dict(), layout_prior=layout_prior, **cfg.to_dict())
 
     def initialize_weights(self) -> None:
         """All initialisation in one place (DiT): xavier linears, small embeddings, and zero for

@@ -245,9 +245,21 @@ def check_vocab(model: AVDiT, ds) -> None:
 
 def build_model(cfg: TrainConfig, ds) -> AVDiT:
     """A fresh model; its initialisation depends on `cfg.seed` only (global RNG state is untouched)."""
+    prior = layout_prior(ds, cfg) if cfg.model.timeline_cond else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return AVDiT.from_preset(cfg.model, cfg.spec, ds.vocab, ds.max_events, codec=cfg.codec)
+        return AVDiT.from_preset(cfg.model, cfg.spec, ds.vocab, ds.max_events, codec=cfg.codec,
+                                 layout_prior=prior)
+
+
+def layout_prior(ds, cfg: TrainConfig, num_clips: int = 2000) -> dict:
+    """Event lengths of the first training clips (stored with the weights: text-to-AV draws timelines)."""
+    from avgen.model.timeline import LayoutPrior
+
+    clips = [ds[i] for i in range(min(num_clips, len(ds)))]
+    if not any(c.events for c in clips):
+        raise ValueError(f"timeline_cond needs ground-truth events; dataset {cfg.dataset} has none")
+    return LayoutPrior.measure(clips, cfg.codec.frames_per_token, getattr(ds, "min_gap_frames", 1)).to_dict()
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
