@@ -92,3 +92,29 @@ def test_the_prior_is_measured_from_ground_truth_clips():
     assert set(prior.counts) == seen and prior.min_gap == 3
     total = sum(sum(h.values()) for h in prior.counts.values())
     assert total == sum(len(c.events) for c in clips)
+
+
+def test_the_pipeline_draws_a_timeline_for_text_and_none_for_a_given_modality(monkeypatch):
+    import torch
+    from avgen.model.pipeline import AVGenPipeline
+    from avgen.model.transformer import AVDiT
+    from avgen.data.clip import ClipSpec
+
+    spec = ClipSpec(duration=1.0)
+    prior = LayoutPrior({"3": {3: 1}, "1": {2: 1}}, min_gap=3).to_dict()
+    model = AVDiT.from_preset("AVDiT-T", spec, tuple("0123456789"), 3, timeline_cond=True, layout_prior=prior)
+    pipe = AVGenPipeline.from_transformer(model.eval())
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    forward = pipe.transformer.forward
+    monkeypatch.setattr(pipe.transformer, "forward", lambda *a, **k: seen.append(k.get("slots")) or forward(*a, **k))
+    pipe("3 1", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    slots = seen[-1][0]
+    assert sorted(set(slots.tolist())) == [0, 1, 2] and (slots == 1).sum() == 3 and (slots == 2).sum() == 2
+    seen.clear()
+    pipe("3 1", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seen[-1][0], slots)  # one seed, one timeline
+    pipe("3 1", num_inference_steps=2, audio=np.zeros(8000, np.float32), generator=torch.Generator().manual_seed(0))
+    assert (seen[-1] == 4).all()  # A2V: unknown
+    with pytest.raises(ValueError, match="slot ids"):
+        pipe("3 1", num_inference_steps=1, timeline=np.full(5, 1))

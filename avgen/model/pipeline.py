@@ -182,6 +182,37 @@ class AVGenPipeline(DiffusionPipeline):
             return latents.to(device, torch.float32)
         return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
 
+    def prepare_timeline(self, timeline, prompt, batch: int, num_tokens: int, generator, given: bool, device):
+        """(B, N) slots for a timeline model, else None. "auto": drawn from the stored layout prior for
+        text-to-AV (seeded by each sample's generator, before its noise), unknown when a modality is given
+        or the prompt is null; or the caller's (B, N) / (N,) slot ids."""
+        from avgen.model.timeline import LayoutPrior, unknown_slot
+
+        cfg = self.transformer.config
+        if not cfg.get("timeline_cond", False):
+            if timeline is not None and not isinstance(timeline, str):
+                raise ValueError("these weights take no timeline (trained without timeline_cond)")
+            return None
+        unknown = unknown_slot(cfg.max_events)
+        if timeline is None or (isinstance(timeline, str) and (timeline != "auto" or given)):
+            if isinstance(timeline, str) and timeline != "auto":
+                raise ValueError(f"timeline must be 'auto', None or slot ids, got {timeline!r}")
+            return torch.full((batch, num_tokens), unknown, dtype=torch.long, device=device)
+        if not isinstance(timeline, str):
+            slots = torch.as_tensor(np.asarray(timeline), dtype=torch.long)
+            slots = slots[None].expand(batch, -1) if slots.ndim == 1 else slots
+            if tuple(slots.shape) != (batch, num_tokens) or slots.min() < 0 or slots.max() > unknown:
+                raise ValueError(f"timeline must be ({batch}, {num_tokens}) slot ids in 0..{unknown}")
+            return slots.to(device)
+        prior = LayoutPrior.from_dict(cfg.layout_prior)
+        gens = generator if isinstance(generator, list) else [generator] * batch
+        rows = []
+        for labels, gen in zip(self.parse_prompts(prompt, batch), gens):
+            seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen))
+            rows.append(prior.draw(labels, num_tokens, np.random.default_rng(seed)) if labels
+                        else np.full(num_tokens, unknown, dtype=np.int64))
+        return torch.as_tensor(np.stack(rows), dtype=torch.long, device=device)
+
     # ------------------------------------------------------------------ one guided step
     def predict_x0(self, x: dict[str, torch.Tensor], t: dict[str, torch.Tensor], prompts: dict[str, tuple],
                    guidance: Guidance) -> dict[str, torch.Tensor]:
@@ -195,8 +226,10 @@ class AVGenPipeline(DiffusionPipeline):
         cross = torch.tensor([p != "nocross" for p in passes], device=ids.device).repeat_interleave(batch)  # (KB,)
         k = len(passes)
         with autocast(self._execution_device):
+            slots = prompts.get("slots")  # every pass shares the timeline: guidance acts on labels, not layout
+            extra = {} if slots is None else {"slots": slots.repeat(k, 1)}
             out = self.transformer(x["video"].repeat(k, 1, 1), x["audio"].repeat(k, 1, 1),
-                                   t["video"].repeat(k), t["audio"].repeat(k), ids, mask, cross_modal=cross)
+                                   t["video"].repeat(k), t["audio"].repeat(k), ids, mask, cross_modal=cross, **extra)
         per_pass = {p: {m: out[m].float()[i * batch:(i + 1) * batch] for m in MEDIA} for i, p in enumerate(passes)}
         return guidance.combine(per_pass)
 
@@ -211,7 +244,8 @@ class AVGenPipeline(DiffusionPipeline):
                  latents: torch.Tensor | None = None, audio_latents: torch.Tensor | None = None,
                  audio=None, video=None, output_type: str = "np", return_dict: bool = True,
                  callback_on_step_end: Callable | None = None,
-                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents", "audio_latents")):
+                 callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents", "audio_latents"),
+                 timeline="auto"):
         """Generate clips. `prompt` is a label sequence ("3 1 4") or a list of them (a batch);
         `audio=` (S,) / (B, S) or `video=` (T, H, W, C) / (B, ...) in [0, 1] hold that modality clean.
         Returns `AVGenPipelineOutput` (or a tuple (frames, audio) with return_dict=False).
@@ -229,7 +263,8 @@ class AVGenPipeline(DiffusionPipeline):
                             modality_scale, modality_scale if audio_modality_scale is None else audio_modality_scale,
                             check_interval(interval))
         prompts = {"cond": self.encode_prompt(prompt, batch, device),
-                   "uncond": self.encode_prompt(negative_prompt, batch, device)}
+                   "uncond": self.encode_prompt(negative_prompt, batch, device),
+                   "slots": self.prepare_timeline(timeline, prompt, batch, num_tokens, generator, bool(given), device)}
         dims = self.codec.dims
         x = {"video": self.prepare_latents(latents, (batch, num_tokens, dims["video"]), generator, device),
              "audio": self.prepare_latents(audio_latents, (batch, num_tokens, dims["audio"]), generator, device),
