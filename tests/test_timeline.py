@@ -118,3 +118,20 @@ def test_the_pipeline_draws_a_timeline_for_text_and_none_for_a_given_modality(mo
     assert (seen[-1] == 4).all()  # A2V: unknown
     with pytest.raises(ValueError, match="slot ids"):
         pipe("3 1", num_inference_steps=1, timeline=np.full(5, 1))
+
+
+def test_a_pretrained_model_grows_the_timeline_input_exactly():
+    import torch
+    from avgen.train.loop import grow
+    from tests.test_transformer import inputs, randomised, tiny
+
+    old = randomised(tiny(timeline_cond=False))
+    prior = LayoutPrior({"3": {3: 1}}, min_gap=3).to_dict()
+    grown = grow(old, {"timeline_cond": True, "count_cond": True}, lambda m: None, prior).eval()
+    assert grown.config.timeline_cond and grown.config.layout_prior == prior
+    slots = torch.randint(0, 5, (2, 16))
+    with torch.no_grad():
+        a, b = old(**inputs()), grown(**inputs(), slots=slots)
+    assert all(torch.equal(a[m], b[m]) for m in a)
+    with pytest.raises(ValueError, match="needs a layout prior"):
+        grow(old, {"timeline_cond": True}, lambda m: None)

@@ -211,17 +211,32 @@ def load_weights_folder(path) -> AVDiT:
     return AVDiT.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
 
 
-def add_count_cond(model: AVDiT, wanted: bool, log) -> AVDiT:
-    """A pretrained model without the prompt-count input, given one when `wanted`: the new
-    embedding starts at zero, so the grown model computes exactly what the pretrained one did."""
-    if not wanted or model.config.get("count_cond", False):
+GROWABLE = {"count_cond": ("count_embed.",), "timeline_cond": ("slot_embed.", "slot_label.")}
+
+
+def add_count_cond(model: AVDiT, wanted: bool, log, **extra) -> AVDiT:
+    """A pretrained model without the prompt-count input, given one when `wanted` (see `grow`)."""
+    return grow(model, {"count_cond": wanted}, log)
+
+
+def grow(model: AVDiT, wanted: dict[str, bool], log, layout_prior: dict | None = None) -> AVDiT:
+    """Turn on zero-initialised inputs (`GROWABLE`) the pretrained model lacks: each new embedding
+    starts at zero, so the grown model computes exactly what the pretrained one did."""
+    add = [k for k, on in wanted.items() if on and not model.config.get(k, False)]
+    if not add:
         return model
-    config = {k: v for k, v in model.config.items() if k != "_use_default_values"}  # else count_cond stays default
-    grown = AVDiT.from_config({**config, "count_cond": True})
+    config = {k: v for k, v in model.config.items() if k != "_use_default_values"}  # else the flags stay default
+    config.update({k: True for k in add})
+    if "timeline_cond" in add:
+        if layout_prior is None:
+            raise ValueError("adding timeline_cond needs a layout prior measured on the dataset")
+        config["layout_prior"] = layout_prior
+    grown = AVDiT.from_config(config)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or set(missing) != {"count_embed.weight"}:
-        raise ValueError(f"cannot add count_cond to the pretrained model: missing {missing}, unexpected {unexpected}")
-    log("--init-from: the pretrained model gets the prompt-count input (count_cond), starting at zero")
+    new = tuple(p for k in add for p in GROWABLE[k])
+    if unexpected or not missing or any(not m.startswith(new) for m in missing):
+        raise ValueError(f"cannot add {add} to the pretrained model: missing {missing}, unexpected {unexpected}")
+    log(f"--init-from: the pretrained model gets {', '.join(add)}, starting at zero")
     return grown
 
 
@@ -526,7 +541,12 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
         log(f"resuming from {checkpoint.name}: --init-from {init_from} is ignored")
     pretrained = load_weights_folder(init_from) if init_from is not None and checkpoint is None else None
     if pretrained is not None:
-        pretrained = add_count_cond(pretrained, cfg.model.count_cond, log)
+        wanted = {"count_cond": cfg.model.count_cond, "timeline_cond": cfg.model.timeline_cond}
+        prior = None
+        if cfg.model.timeline_cond and not pretrained.config.get("timeline_cond", False):
+            theirs = config_of_model(cfg, pretrained)  # the pretrained model's clip spec and codec
+            prior = layout_prior(build_dataset(theirs, data_root), theirs)
+        pretrained = grow(pretrained, wanted, log, prior)
         cfg, asked = config_of_model(cfg, pretrained), cfg
         changed = _changed_keys({k: asked.to_dict()[k] for k in ("model", "codec", "spec")},
                                 {k: cfg.to_dict()[k] for k in ("model", "codec", "spec")})
