@@ -74,6 +74,8 @@ def test_dataset_controls_on_shapes_through_the_cli(tmp_path):
     # the shapes template judges read every glyph and tone of real clips (through mp4)
     assert ceiling["video_digit_accuracy"]["value"] == 1.0 and ceiling["audio_digit_accuracy"]["value"] == 1.0
     assert ceiling["av_agreement"]["value"] == 1.0
+    assert ceiling["video_count_accuracy"]["value"] == 1.0 and ceiling["audio_count_accuracy"]["value"] == 1.0
+    assert rand["audio_count_accuracy"]["n_clips"] == 8  # scattered events: still one per label
     # the audio ground truth moves with the shift: the detector still finds it
     assert shift["onset_f1_audio_gt"]["mean"] >= 0.9 and shift["onset_f1"]["mean"] < 0.5
     assert abs(shift["av_offset_ms"]["median"] - 125 - ceiling["av_offset_ms"]["median"]) <= 15

@@ -190,6 +190,10 @@ def test_cli_generate(pipe, tmp_path, capsys):
     assert main(["generate", "3 1", "--out", str(out), "--weights", str(tmp_path / "w"), "--steps", "2",
                  "--device", "cpu"]) == 0
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["settings"]["sampler"] == "euler"
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["timeline"] is True
+    assert main(["generate", "3 1", "--out", str(out), "--weights", str(tmp_path / "w"), "--steps", "1",
+                 "--device", "cpu", "--no-timeline"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["timeline"] is False
     assert main(["generate", "3", "--out", str(out), "--weights", str(tmp_path / "missing")]) == 2
     assert "no model weights" in capsys.readouterr().err
     assert main(["generate", "3 x", "--out", str(out), "--weights", str(tmp_path / "w")]) == 2

@@ -1,8 +1,8 @@
-"""Timelines on the token clock (branch `timeline`, work in progress)."""
+"""Timelines on the token clock: slot ids, the layout prior, the model input, training and sampling."""
 import numpy as np
 import pytest
 
-from avgen.model.timeline import LayoutPrior, slots_from_events, unknown_slot
+from avgen.model.timeline import LayoutPrior, events_from_slots, slots_from_events, unknown_slot
 
 
 def test_slots_follow_the_events_on_token_centres():
@@ -10,6 +10,9 @@ def test_slots_follow_the_events_on_token_centres():
     assert slots[4:8].tolist() == [1, 1, 1, 1] and slots[16:20].tolist() == [2, 2, 2, 2]
     assert (slots[:4] == 0).all() and (slots[8:16] == 0).all() and (slots[20:] == 0).all()
     assert unknown_slot(3) == 4
+    # and back: the planned events on the token grid
+    assert events_from_slots(slots, ["3", "1"], 1 / 16) == [("3", 0.25, 0.5), ("1", 1.0, 1.25)]
+    assert events_from_slots(np.full(32, 4), ["3", "1"], 1 / 16) == []  # unknown: no plan
 
 
 def test_the_prior_draws_ordered_events_with_gaps_and_is_seeded():
@@ -135,3 +138,62 @@ def test_a_pretrained_model_grows_the_timeline_input_exactly():
     assert all(torch.equal(a[m], b[m]) for m in a)
     with pytest.raises(ValueError, match="needs a layout prior"):
         grow(old, {"timeline_cond": True}, lambda m: None)
+
+
+def test_generated_clips_carry_their_plan_and_eval_scores_against_it(tmp_path, monkeypatch):
+    import json
+
+    import torch
+    from avgen.data.clip import ClipSpec
+    from avgen.eval import suite
+    from avgen.model import pipeline as pl
+    from avgen.model.transformer import AVDiT
+
+    spec = ClipSpec(duration=1.0)
+    prior = LayoutPrior({d: {3: 1} for d in "0123456789"}, min_gap=3).to_dict()
+    model = AVDiT.from_preset("AVDiT-T", spec, tuple("0123456789"), 3, timeline_cond=True, layout_prior=prior)
+    pipe = pl.AVGenPipeline.from_transformer(model.eval())
+    pipe.set_progress_bar_config(disable=True)
+    settings = pl.GenerateSettings(prompt="3 1", steps=2, seed=4, duration=1.0)
+    clip = pl.generate(pipe, settings)[0]
+    plan = clip.meta["timeline"]
+    assert [lab for lab, *_ in plan] == ["3", "1"] and all(abs(e - s - 3 / 16) < 1e-9 for _, s, e in plan)
+    assert plan[1][1] - plan[0][2] >= 3 / 16 - 1e-9  # the prior's minimum gap
+    assert pl.generate(pipe, settings)[0].meta["timeline"] == plan  # one seed, one plan
+    from dataclasses import replace
+    assert pl.generate(pipe, replace(settings, timeline=False))[0].meta["timeline"] == []  # --no-timeline: unknown
+    with pytest.raises(ValueError, match="timeline must be true or false"):
+        replace(settings, timeline="yes").check()
+    pipe.save_pretrained(tmp_path / "w")
+    paths = pl.write_outputs([clip], tmp_path / "clip.mp4", settings, tmp_path / "w", "cpu")
+    assert json.loads(paths[0].with_suffix(".json").read_text())["timeline"] == [list(e) for e in plan]
+    # eval --generate: the plan is the generated clip's ground truth for the *_gt onset scores
+    monkeypatch.setattr(pl, "load_pipeline", lambda *a, **k: pipe)
+    items = suite.generated_items(tmp_path / "w", 2, tmp_path / "gen", steps=2, duration=1.0)
+    assert all(it.truth is not None and len(it.truth.video) == len(it.prompt.split()) for it in items)
+    assert items[0].truth.video == items[0].truth.audio
+
+
+def test_a2v_and_v2a_read_the_timeline_from_the_given_modality():
+    from avgen.data import make_dataset
+    from avgen.data.clip import ClipSpec
+    from avgen.model.pipeline import AVGenPipeline
+    from avgen.model.transformer import AVDiT
+
+    spec = ClipSpec(duration=3.0, height=16, width=16)
+    ds = make_dataset("shapes", split="test", spec=spec)
+    vocab = list(ds.vocab)
+    prior = LayoutPrior({v: {3: 1} for v in vocab}, min_gap=3).to_dict()
+    model = AVDiT.from_preset("AVDiT-T", spec, vocab, 3, timeline_cond=True, layout_prior=prior)
+    pipe = AVGenPipeline.from_transformer(model.eval())
+    n = spec.num_frames
+    for i in range(4):
+        clip = ds[i]
+        truth = slots_from_events(clip.truth(), n, 1 / spec.fps)
+        labels = [clip.prompt.split()]
+        from_video = pipe.timeline_from_given(clip.frames, None, labels, n)[0]
+        from_audio = pipe.timeline_from_given(None, clip.audio, labels, n)[0]
+        assert (from_video != truth).sum() <= 2 and (from_audio != truth).sum() <= 2, i
+        # a prompt whose count the given modality does not show: the timeline stays unknown
+        wrong = [clip.prompt.split() + [vocab[0]] * (3 - len(clip.events))] if len(clip.events) < 3 else [[vocab[0]]]
+        assert (pipe.timeline_from_given(None, clip.audio, wrong, n)[0] == unknown_slot(3)).all()

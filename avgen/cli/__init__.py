@@ -70,6 +70,17 @@ def add_guidance_interval(parser) -> None:
                         "text, 0 1 when audio or video is given)")
 
 
+def add_timeline_flag(parser) -> None:
+    """`--no-timeline` (generate, eval): give a timeline model no timeline (ablation, or to let it place events)."""
+    parser.add_argument("--no-timeline", dest="timeline", action="store_false", default=argparse.SUPPRESS,
+                        help="weights with a timeline input: do not draw one from the prompt (nor read one from "
+                        "given audio / video); the model then places the events itself")
+
+
+def timeline_arg(args) -> bool:
+    return getattr(args, "timeline", True)
+
+
 def interval_arg(args) -> tuple[float, float] | None:
     return None if args.guidance_interval is None else tuple(args.guidance_interval)
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from avgen.cli import SEED, UsageError, add_guidance_interval, interval_arg, number, whole
+from avgen.cli import SEED, UsageError, add_guidance_interval, add_timeline_flag, interval_arg, timeline_arg, number, whole
 
 
 def register(sub) -> None:
@@ -59,6 +59,7 @@ def register(sub) -> None:
     g.add_argument("--modality-scale", type=number(0.0, 100.0), default=d.modality_scale,
                    help="guidance away from the pass without the cross-modal path (1 = off)")
     add_guidance_interval(g)
+    add_timeline_flag(g)
     g.add_argument("--device", default="auto")
     p.add_argument("--judges", default=None, help="judges folder (default: weights/judges), or 'shapes' for the "
                    "shapes template judges (automatic with --dataset shapes)")
@@ -174,7 +175,7 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
                                  args.steps, args.device, args.data_root, args.duration, sampler=args.sampler,
                                  guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
                                  modality_scale=args.modality_scale,
-                                 guidance_interval=interval_arg(args),
+                                 guidance_interval=interval_arg(args), timeline=timeline_arg(args),
                                  mode=args.mode,
                                  prompt=not args.no_prompt)
 

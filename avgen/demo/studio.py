@@ -138,6 +138,8 @@ class Studio:
         say = progress or _silent
         say(0.85, "measuring sync")
         result.report = analyse_file(result.video_path, result.settings.prompt, self.judges)
+        if result.clip.meta.get("timeline"):  # what a timeline model was asked to place, next to what it placed
+            result.report["timeline_s"] = [[lab, round(a, 4), round(b, 4)] for lab, a, b in result.clip.meta["timeline"]]
         say(0.95, "drawing the figure")
         result.figure_path = render_figure(result.clip, result.report, result.video_path.with_name("figure.png"))
         say(1.0, "done")
@@ -231,6 +233,8 @@ def report_markdown(report: dict, seconds: float | None = None, notes: list[str]
             ("digits heard (sound)", listed(report.get("audio_digits", []))),
             ("video onsets (s)", listed(report["video_onsets_s"], "{:.3f}")),
             ("audio onsets (s)", listed(report["audio_onsets_s"], "{:.3f}"))]
+    if report.get("timeline_s"):
+        rows.append(("timeline asked for (s)", " ".join(f"{lab}@{a:.3f}-{b:.3f}" for lab, a, b in report["timeline_s"])))
     if report.get("prompt"):
         rows += [("prompt", report["prompt"]),
                  ("picture matches prompt", num(m["video_digit_accuracy"], ".0%")),

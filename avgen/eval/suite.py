@@ -4,8 +4,9 @@ a summary with bootstrap 95% intervals, a terminal table and PNG plots.
 Every clip, whatever its origin, is evaluated the same way: from a media file, decoded with
 the container's timing (`avgen.data.io.decode_av`), never from a dataset's metadata. Dataset
 controls and generated clips are therefore first written to mp4, so the ceiling, the floors
-and a model are measured through the same codec and reader. Ground truth (dataset mode) is
-used only for the `*_gt` onset scores; prompts only for digit accuracy.
+and a model are measured through the same codec and reader. Ground truth (dataset mode, or the
+timeline a timeline model drew for a generated clip) is used only for the `*_gt` onset scores;
+prompts only for digit accuracy.
 """
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ def analyse(sig: AVSignal, cfg: EvalConfig = EvalConfig(), judges: Judges | None
             rec.update(prompt_scores(prompt, rec["video_digits"], rec["audio_digits"]))
     if prompt is not None:
         rec["prompt"] = prompt
+        if prompt.split():  # one event per prompt label, in each modality (the judges are not needed)
+            rec.update({f"{m}_count_counts": [int(len(events[m]) == len(prompt.split())), 1] for m in MEDIA})
     return Analysis(rec, env, events, features, cfg.onset.grid_s)
 
 
@@ -198,7 +201,9 @@ def judge_can_read(judges: Judges | None, prompt: str) -> bool:
 SCALARS = ("av_offset_ms", "abs_offset_ms", "offset_confidence", "onset_precision", "onset_recall", "onset_f1",
            "onset_f1_video_gt", "onset_f1_audio_gt", "av_align")
 POOLED = {"video_digit_accuracy": "video_digit_counts", "audio_digit_accuracy": "audio_digit_counts",
-          "av_agreement": "av_agreement_counts"}
+          "av_agreement": "av_agreement_counts",
+          # clips with exactly one event per prompt label (counting is what the digit accuracies hinge on)
+          "video_count_accuracy": "video_count_counts", "audio_count_accuracy": "audio_count_counts"}
 
 
 def pooled(rows: np.ndarray) -> float:
@@ -415,7 +420,10 @@ def generated_items(weights, n: int, out_dir: Path, seed: int = 0, dataset: str 
             truth = real.prompt
             given = {"audio": real.audio} if mode == "a2v" else {"video": real.frames}
         clip = generate(pipe, replace(base, prompt=truth if prompt else "", seed=seed + k), **given)[0]
-        items.append(Item(write_mp4(clip, out_dir / f"{mode}_{k:05d}.mp4"), truth, None))
+        # a timeline model's drawn plan is the clip's own ground truth: the *_gt onset scores say whether it
+        # was followed
+        plan = [start for _, start, _ in clip.meta.get("timeline", [])]
+        items.append(Item(write_mp4(clip, out_dir / f"{mode}_{k:05d}.mp4"), truth, Truth(plan, plan) if plan else None))
     return items
 
 

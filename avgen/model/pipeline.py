@@ -39,6 +39,7 @@ from avgen.data.clip import Clip
 from avgen.model.codec import AVCodec
 from avgen.model.device import autocast, maybe_compile, resolve_device
 from avgen.model.objective import encode_prompts, x0_to_velocity
+from avgen.model.timeline import LayoutPrior, events_from_slots, slots_from_events, unknown_slot
 from avgen.model.transformer import AVDiT, MEDIA
 
 # Solvers that integrate the flow-matching ODE; each modality gets its own instance because
@@ -75,12 +76,15 @@ def make_scheduler(name: str):
 
 @dataclass
 class AVGenPipelineOutput(BaseOutput):
-    """frames (B, T, H, W, C) in [0, 1] and audio (B, S) (np or torch; tokens if output_type="latent")."""
+    """frames (B, T, H, W, C) in [0, 1] and audio (B, S) (np or torch; tokens if output_type="latent");
+    `timeline` (B, N) the slot ids the model was given per token (see `avgen.model.timeline`), None for
+    weights that take no timeline."""
 
     frames: np.ndarray | torch.Tensor
     audio: np.ndarray | torch.Tensor
     fps: int
     sample_rate: int
+    timeline: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -182,21 +186,20 @@ class AVGenPipeline(DiffusionPipeline):
             return latents.to(device, torch.float32)
         return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32).to(device)
 
-    def prepare_timeline(self, timeline, prompt, batch: int, num_tokens: int, generator, given: bool, device):
-        """(B, N) slots for a timeline model, else None. "auto": drawn from the stored layout prior for
-        text-to-AV (seeded by each sample's generator, before its noise), unknown when a modality is given
-        or the prompt is null; or the caller's (B, N) / (N,) slot ids."""
-        from avgen.model.timeline import LayoutPrior, unknown_slot
-
+    def prepare_timeline(self, timeline, prompt, batch: int, num_tokens: int, generator, video, audio, device):
+        """(B, N) slots for a timeline model, else None. "auto": for text-to-AV drawn from the stored layout
+        prior (seeded by each sample's generator, before its noise); with a given modality, read from its
+        detected events (`timeline_from_given`); unknown for the null prompt. None: unknown everywhere.
+        Or the caller's (B, N) / (N,) slot ids."""
         cfg = self.transformer.config
         if not cfg.get("timeline_cond", False):
             if timeline is not None and not isinstance(timeline, str):
                 raise ValueError("these weights take no timeline (trained without timeline_cond)")
             return None
         unknown = unknown_slot(cfg.max_events)
-        if timeline is None or (isinstance(timeline, str) and (timeline != "auto" or given)):
-            if isinstance(timeline, str) and timeline != "auto":
-                raise ValueError(f"timeline must be 'auto', None or slot ids, got {timeline!r}")
+        if isinstance(timeline, str) and timeline != "auto":
+            raise ValueError(f"timeline must be 'auto', None or slot ids, got {timeline!r}")
+        if timeline is None:
             return torch.full((batch, num_tokens), unknown, dtype=torch.long, device=device)
         if not isinstance(timeline, str):
             slots = torch.as_tensor(np.asarray(timeline), dtype=torch.long)
@@ -204,14 +207,40 @@ class AVGenPipeline(DiffusionPipeline):
             if tuple(slots.shape) != (batch, num_tokens) or slots.min() < 0 or slots.max() > unknown:
                 raise ValueError(f"timeline must be ({batch}, {num_tokens}) slot ids in 0..{unknown}")
             return slots.to(device)
-        prior = LayoutPrior.from_dict(cfg.layout_prior)
-        gens = generator if isinstance(generator, list) else [generator] * batch
-        rows = []
-        for labels, gen in zip(self.parse_prompts(prompt, batch), gens):
-            seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen))
-            rows.append(prior.draw(labels, num_tokens, np.random.default_rng(seed)) if labels
-                        else np.full(num_tokens, unknown, dtype=np.int64))
+        labels = self.parse_prompts(prompt, batch)
+        if video is not None or audio is not None:
+            rows = self.timeline_from_given(video, audio, labels, num_tokens)
+        else:
+            prior = LayoutPrior.from_dict(cfg.layout_prior)
+            gens = generator if isinstance(generator, list) else [generator] * batch
+            rows = []
+            for labs, gen in zip(labels, gens):
+                seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen))
+                rows.append(prior.draw(labs, num_tokens, np.random.default_rng(seed)) if labs
+                            else np.full(num_tokens, unknown, dtype=np.int64))
         return torch.as_tensor(np.stack(rows), dtype=torch.long, device=device)
+
+    def timeline_from_given(self, video, audio, labels: list[list[str]], num_tokens: int) -> list[np.ndarray]:
+        """A2V / V2A: the given modality's events, found by the evaluation suite's onset detector, as slots
+        for the prompt's labels in order. Unknown where they cannot be matched: a count other than the
+        prompt's, or more events than the model takes."""
+        from avgen.eval.onsets import AVSignal, detect_events, grey, tracks
+
+        spec, cfg = self.codec.spec, self.transformer.config
+        m = "video" if video is not None else "audio"
+        given = _batched(video if video is not None else audio, 4 if video is not None else 1, len(labels), m).numpy()
+        rows = []
+        for labs, x in zip(labels, given):
+            frames = grey(x) if m == "video" else np.zeros((num_tokens * self.codec.cfg.frames_per_token, 1, 1), np.float32)
+            sound = x if m == "audio" else np.zeros(round(len(frames) / spec.fps * spec.sample_rate), np.float32)
+            sig = AVSignal(frames, np.arange(len(frames)) / spec.fps, float(spec.fps), sound, spec.sample_rate)
+            events = detect_events(tracks(sig)[m])
+            if (labs and len(events) != len(labs)) or len(events) > cfg.max_events:
+                rows.append(np.full(num_tokens, unknown_slot(cfg.max_events), dtype=np.int64))
+            else:
+                rows.append(slots_from_events([(None, e.onset_s, e.end_s) for e in events], num_tokens,
+                                              cfg.token_seconds))
+        return rows
 
     # ------------------------------------------------------------------ one guided step
     def predict_x0(self, x: dict[str, torch.Tensor], t: dict[str, torch.Tensor], prompts: dict[str, tuple],
@@ -264,7 +293,7 @@ class AVGenPipeline(DiffusionPipeline):
                             check_interval(interval))
         prompts = {"cond": self.encode_prompt(prompt, batch, device),
                    "uncond": self.encode_prompt(negative_prompt, batch, device),
-                   "slots": self.prepare_timeline(timeline, prompt, batch, num_tokens, generator, bool(given), device)}
+                   "slots": self.prepare_timeline(timeline, prompt, batch, num_tokens, generator, video, audio, device)}
         dims = self.codec.dims
         x = {"video": self.prepare_latents(latents, (batch, num_tokens, dims["video"]), generator, device),
              "audio": self.prepare_latents(audio_latents, (batch, num_tokens, dims["audio"]), generator, device),
@@ -275,7 +304,9 @@ class AVGenPipeline(DiffusionPipeline):
         frames, waves = self.decode(x, given, video, audio, output_type)
         if not return_dict:
             return frames, waves
-        return AVGenPipelineOutput(frames, waves, self.codec.spec.fps, self.codec.spec.sample_rate)
+        slots = prompts["slots"]
+        return AVGenPipelineOutput(frames, waves, self.codec.spec.fps, self.codec.spec.sample_rate,
+                                   None if slots is None else slots.cpu().numpy())
 
     @property
     def num_timesteps(self) -> int:
@@ -369,6 +400,7 @@ class GenerateSettings:
     num_clips: int = 1
     device: str = "auto"
     mode: str = "t2av"  # t2av | a2v | v2a
+    timeline: bool = True  # weights with a timeline input: draw it (text) or read it (given modality); False: unknown
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -385,6 +417,8 @@ class GenerateSettings:
                              f"num_clips={self.num_clips}, seed={self.seed}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not isinstance(self.timeline, (bool, np.bool_)):
+            raise ValueError(f"timeline must be true or false, got {self.timeline!r}")
         if self.mode not in ("t2av", "a2v", "v2a"):
             raise ValueError(f"mode must be t2av, a2v or v2a, got {self.mode!r}")
         check_scales(guidance_scale=self.guidance_scale, audio_guidance_scale=self.audio_guidance_scale,
@@ -450,11 +484,17 @@ def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=
     out = pipe([settings.prompt] * n, duration_s=settings.duration, num_inference_steps=settings.steps,
                guidance_scale=settings.guidance_scale, audio_guidance_scale=settings.audio_guidance_scale,
                modality_scale=settings.modality_scale, guidance_interval=settings.guidance_interval,
-               generator=generators, audio=audio, video=video,
+               generator=generators, audio=audio, video=video, timeline="auto" if settings.timeline else None,
                callback_on_step_end=None if on_step is None else _step_reporter(on_step, settings.steps))
-    return [Clip(out.frames[i].astype(np.float32), out.audio[i].astype(np.float32), out.fps, out.sample_rate,
-                 prompt=settings.prompt, meta={"seed": settings.seed + i, "mode": settings.mode})
-            for i in range(n)]
+    clips = []
+    for i in range(n):
+        meta = {"seed": settings.seed + i, "mode": settings.mode}
+        if out.timeline is not None:  # the drawn plan, as events (none when the timeline was unknown)
+            meta["timeline"] = events_from_slots(out.timeline[i], pipe.parse_prompts(settings.prompt, 1)[0],
+                                                 pipe.transformer.config.token_seconds)
+        clips.append(Clip(out.frames[i].astype(np.float32), out.audio[i].astype(np.float32), out.fps,
+                          out.sample_rate, prompt=settings.prompt, meta=meta))
+    return clips
 
 
 def _step_reporter(on_step: Callable[[int, int], None], steps: int) -> Callable:
@@ -499,5 +539,7 @@ def write_outputs(clips: list[Clip], out, settings: GenerateSettings, weights_di
         sidecar = {"prompt": settings.prompt, "seed": clip.meta["seed"], "settings": settings.to_dict(),
                    "device": device, "weights": weights, "versions": package_versions(),
                    "fps": clip.fps, "sample_rate": clip.sample_rate, "num_frames": clip.num_frames}
+        if "timeline" in clip.meta:  # the events a timeline model was asked to place: [label, start_s, end_s]
+            sidecar["timeline"] = [list(e) for e in clip.meta["timeline"]]
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return paths

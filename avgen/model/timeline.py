@@ -1,4 +1,4 @@
-"""Timelines: which prompt label is active at each media token (work in progress, branch `timeline`).
+"""Timelines: which prompt label is active at each media token.
 
 A timeline is a (B, N) long tensor of slot ids on the token clock: 0 = no event at that token,
 k + 1 = the k-th prompt label's event, `unknown_slot(max_events)` = not given (dropped in training,
@@ -74,6 +74,18 @@ class LayoutPrior:
     @classmethod
     def from_dict(cls, d: dict) -> "LayoutPrior":
         return cls(d["counts"], d["min_gap"])
+
+
+def events_from_slots(slots: np.ndarray, labels: Sequence[str], token_seconds: float) -> list[tuple[str, float, float]]:
+    """(N,) slot ids -> the planned events [(label, start_s, end_s), ...] in slot order (unknown and
+    silent tokens are not events); the inverse of `slots_from_events` on the token grid."""
+    slots = np.asarray(slots)
+    events = []
+    for k, label in enumerate(labels):
+        where = np.flatnonzero(slots == k + 1)
+        if len(where):
+            events.append((str(label), float(where[0] * token_seconds), float((where[-1] + 1) * token_seconds)))
+    return events
 
 
 def as_tensor(slots: Sequence[np.ndarray], device=None) -> torch.Tensor:
