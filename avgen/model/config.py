@@ -82,8 +82,12 @@ class ModelConfig:
     # step-8000 AVDiT-S gave the right number of events in only ~1/3 of clips, and 83-89% of the
     # digits in those clips were right. Off for weights made before it (their config lacks the key).
     count_cond: bool = True
-    # Every media token also gets its timeline slot (which prompt label is active there; see timeline.py).
-    timeline_cond: bool = False
+    # Every media token also gets its timeline slot: which prompt label is active there (see timeline.py).
+    # Text-to-AV draws the timeline from event lengths measured on the training data; A2V / V2A read it
+    # from the given modality. Counting and ordering events is then no longer the network's job: on
+    # `shapes` (shapes-cpu, 1600 steps) glyph / tone accuracy went from 57 / 60% to 98 / 99.5% and onset
+    # F1 from 0.865 to 1.0. Off for data without events (a folder of clips) and for older weights.
+    timeline_cond: bool = True
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:

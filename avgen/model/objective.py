@@ -138,7 +138,7 @@ def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, promp
     cross_modal = _uniform(generator, batch, device) >= cfg.p_drop_cross  # (B,)
     extra = {}
     if slots is not None:  # (B, N) slot ids, -1 = not known; drawn only here, so other runs keep their stream
-        unknown = model.config.max_events + 1
+        unknown = getattr(model, "module", model).config.max_events + 1  # through a DDP wrapper too
         keep = (_uniform(generator, batch, device) >= cfg.p_drop_timeline)[:, None]  # (B, 1)
         extra["slots"] = torch.where(keep & (slots >= 0), slots, torch.full_like(slots, unknown))
     pred = model(x_t["video"], x_t["audio"], t["video"], t["audio"], prompt_ids,

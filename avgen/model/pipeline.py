@@ -188,9 +188,9 @@ class AVGenPipeline(DiffusionPipeline):
 
     def prepare_timeline(self, timeline, prompt, batch: int, num_tokens: int, generator, video, audio, device):
         """(B, N) slots for a timeline model, else None. "auto": for text-to-AV drawn from the stored layout
-        prior (seeded by each sample's generator, before its noise); with a given modality, read from its
-        detected events (`timeline_from_given`); unknown for the null prompt. None: unknown everywhere.
-        Or the caller's (B, N) / (N,) slot ids."""
+        prior (seeded by each sample's generator, before its noise; unknown for weights that store none);
+        with a given modality, read from its detected events (`timeline_from_given`); unknown for the null
+        prompt. None: unknown everywhere. Or the caller's (B, N) / (N,) slot ids."""
         cfg = self.transformer.config
         if not cfg.get("timeline_cond", False):
             if timeline is not None and not isinstance(timeline, str):
@@ -210,6 +210,8 @@ class AVGenPipeline(DiffusionPipeline):
         labels = self.parse_prompts(prompt, batch)
         if video is not None or audio is not None:
             rows = self.timeline_from_given(video, audio, labels, num_tokens)
+        elif cfg.get("layout_prior") is None:  # a model built without data (tests, by hand): nothing to draw from
+            return torch.full((batch, num_tokens), unknown, dtype=torch.long, device=device)
         else:
             prior = LayoutPrior.from_dict(cfg.layout_prior)
             gens = generator if isinstance(generator, list) else [generator] * batch

@@ -107,10 +107,11 @@ class TrainConfig:
 
 # Named starting points. `tiny` is the smoke test (seconds on a CPU). `shapes-cpu` is sized to end
 # inside 30 minutes on this project's 2-core machine even with ONE core (the other busy): AVDiT-XS
-# (3.6 M parameters, ~5x cheaper per clip than AVDiT-S). Measured with the prompt-count input: 16 min
-# on one core (a training run on the other) gave onset F1 0.865 [0.81, 0.91], median |AV offset| 2.5 ms,
-# glyph / tone accuracy 57 / 60% on 100 generated clips (`avgen eval --generate 100 --dataset shapes`);
-# 2800 steps (24 min) gave F1 0.856, 52 / 53%: no better, so the preset stays short. `digits-cpu`
+# (3.6 M parameters, ~5x cheaper per clip than AVDiT-S). Measured with the timeline input: 14.5 min on
+# one core (a training run on the other) gave onset F1 1.0, median |AV offset| 2.5 ms, glyph / tone
+# accuracy 98.0 / 99.5%, the right number of events in 100 of 100 generated clips (`avgen eval
+# --generate 100 --dataset shapes`). Without it (prompt-count input only), 16 min gave F1 0.865 and
+# 57 / 60%, and 2800 steps were no better. `digits-cpu`
 # keeps a constant LR after warmup so that it can be extended with `--resume --steps N` across
 # sessions (end it with `--set lr_schedule=wsd --set decay_steps=N` for a cooldown). `digits-gpu`
 # is for one H200 (bf16, AVDiT-B, big batch) and has not been timed yet.

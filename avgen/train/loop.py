@@ -267,6 +267,11 @@ def build_model(cfg: TrainConfig, ds) -> AVDiT:
                                  layout_prior=prior)
 
 
+def has_events(ds, num_clips: int = 20) -> bool:
+    """Whether the dataset's clips carry ground-truth events (synthetic data does; a folder of clips does not)."""
+    return any(ds[i].events for i in range(min(num_clips, len(ds))))
+
+
 def layout_prior(ds, cfg: TrainConfig, num_clips: int = 2000) -> dict:
     """Event lengths of the first training clips (stored with the weights: text-to-AV draws timelines)."""
     from avgen.model.timeline import LayoutPrior
@@ -553,6 +558,10 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
         if changed:
             log(f"--init-from {init_from}: keeping the pretrained model's {', '.join(changed)}")
     ds = build_dataset(cfg, data_root)
+    if pretrained is None and checkpoint is None and cfg.model.timeline_cond and not has_events(ds):
+        log(f"dataset {cfg.dataset} has no ground-truth events: training without a timeline input "
+            "(model.timeline_cond=false)")
+        cfg = cfg.override({"model.timeline_cond": False})
     if pretrained is not None:
         check_vocab(pretrained, ds)
     trainer = Trainer.create(cfg, pretrained or build_model(cfg, ds), rt)
