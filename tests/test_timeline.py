@@ -197,3 +197,28 @@ def test_a2v_and_v2a_read_the_timeline_from_the_given_modality():
         # a prompt whose count the given modality does not show: the timeline stays unknown
         wrong = [clip.prompt.split() + [vocab[0]] * (3 - len(clip.events))] if len(clip.events) < 3 else [[vocab[0]]]
         assert (pipe.timeline_from_given(None, clip.audio, wrong, n)[0] == unknown_slot(3)).all()
+
+
+def test_a_folder_of_clips_without_events_trains_without_a_timeline(tmp_path, monkeypatch):
+    import json
+
+    from avgen.data import make_dataset
+    from avgen.data.io import write_mp4
+    from avgen.train.config import preset
+    from avgen.train.loop import train
+
+    spec = preset("tiny").spec
+    src = make_dataset("shapes", split="test", spec=spec)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(2):
+        write_mp4(src[i], folder / f"c{i}.mp4")
+        (folder / f"c{i}.txt").write_text(src[i].prompt)
+    monkeypatch.setenv("AVGEN_CACHE", str(tmp_path / "cache"))
+    said = []
+    cfg = preset("tiny", {"dataset": f"folder:{folder}", "steps": 2})
+    assert cfg.model.timeline_cond  # the default
+    r = train(cfg, tmp_path / "run", progress_bar=False, log=said.append)
+    assert any("no ground-truth events" in s for s in said)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["timeline_cond"] is False
+    assert r.last_loss == r.last_loss  # finite: it trained
