@@ -30,6 +30,7 @@ from avgen.data import make_dataset  # noqa: E402
 from avgen.data.clip import ClipSpec  # noqa: E402
 from avgen.model.objective import add_noise, encode_prompts, x0_to_velocity  # noqa: E402
 from avgen.model.pipeline import AVGenPipeline, GenerateSettings, Guidance, generate, load_pipeline  # noqa: E402
+from avgen.model.timeline import slots_from_events  # noqa: E402
 from avgen.model.transformer import AVDiT  # noqa: E402
 
 VELOCITY_RTOL = 2e-2
@@ -63,6 +64,10 @@ def step_inputs(pipe: AVGenPipeline, sigma: float, seed: int) -> tuple[dict, dic
     x = {m: add_noise(x0[m], torch.randn(x0[m].shape, generator=g), t[m]) for m in x0}
     vocab, max_events = pipe.vocab, pipe.transformer.config.max_events
     prompts = {"cond": encode_prompts(labels, vocab, max_events), "uncond": encode_prompts([[]] * len(clips), vocab, max_events)}
+    if pipe.transformer.config.get("timeline_cond", False):  # the clips' own timelines, as many events as labels
+        n, seconds = x0["video"].shape[1], pipe.transformer.config.token_seconds
+        prompts["slots"] = torch.as_tensor(np.stack([slots_from_events(c.truth()[:len(lab)], n, seconds)
+                                                     for c, lab in zip(clips, labels)]))
     return x, t, prompts
 
 
@@ -71,8 +76,8 @@ def velocity_on(pipe: AVGenPipeline, device: str, x: dict, t: dict, prompts: dic
     move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
     guidance = Guidance(video=4.0, audio=4.0, modality_video=2.0, modality_audio=2.0)
     with torch.no_grad():
-        x0 = pipe.predict_x0(move(x), move(t), {k: tuple(v.to(device) for v in p) for k, p in prompts.items()},
-                             guidance)
+        x0 = pipe.predict_x0(move(x), move(t), {k: p.to(device) if isinstance(p, torch.Tensor) else
+                                                tuple(v.to(device) for v in p) for k, p in prompts.items()}, guidance)
     return {m: x0_to_velocity(x[m], x0[m].float().cpu(), t[m]) for m in x0}
 
 
