@@ -250,7 +250,7 @@ def test_report_table_and_json_are_safe_for_nan():
     assert "| picture matches prompt | 0% |" in md and "| digits seen (picture) | none |" in md
     assert "| audio onsets (s) | 0.500 |" in md and "1.23 s" in md and "*padded*" in md
     assert "timeline" not in md
-    assert "| timeline asked for (s) | 7@0.500-0.875 |" in report_markdown({**rep, "timeline_s": [["7", 0.5, 0.875]]})
+    assert "| timeline asked for (s) | 7 (0.500-0.875) |" in report_markdown({**rep, "timeline_s": [["7", 0.5, 0.875]]})
     assert json_safe(rep)["av_offset_ms"] is None and json_safe(rep)["audio_onsets_s"] == [0.5]
     assert "path" not in json_safe({**rep, "path": "/tmp/server/clip.mp4"})
 

@@ -234,7 +234,7 @@ def report_markdown(report: dict, seconds: float | None = None, notes: list[str]
             ("video onsets (s)", listed(report["video_onsets_s"], "{:.3f}")),
             ("audio onsets (s)", listed(report["audio_onsets_s"], "{:.3f}"))]
     if report.get("timeline_s"):
-        rows.append(("timeline asked for (s)", " ".join(f"{lab}@{a:.3f}-{b:.3f}" for lab, a, b in report["timeline_s"])))
+        rows.append(("timeline asked for (s)", ", ".join(f"{lab} ({a:.3f}-{b:.3f})" for lab, a, b in report["timeline_s"])))
     if report.get("prompt"):
         rows += [("prompt", report["prompt"]),
                  ("picture matches prompt", num(m["video_digit_accuracy"], ".0%")),
