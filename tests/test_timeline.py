@@ -29,6 +29,9 @@ def test_the_prior_draws_ordered_events_with_gaps_and_is_seeded():
         prior.draw(["7"], 48, np.random.default_rng(0))
     with pytest.raises(ValueError, match="do not fit"):
         prior.draw(["3"] * 10, 20, np.random.default_rng(0))
+    short = prior.draw(["3", "1", "3"], 12, np.random.default_rng(0))  # shorter than the data's events: shrunk
+    assert sorted(set(short.tolist())) == [0, 1, 2, 3]
+    assert (prior.draw(["3", "1", "3"], 9, np.random.default_rng(0)) > 0).sum() == 3  # one token each
     again = LayoutPrior.from_dict(__import__("json").loads(__import__("json").dumps(prior.to_dict())))
     assert again.counts == prior.counts and again.min_gap == 3
 

@@ -54,18 +54,25 @@ class LayoutPrior:
         unknown = sorted(set(labels) - set(self.counts))
         if unknown:
             raise ValueError(f"no event lengths for labels {unknown}")
-        for _ in range(tries):
+        room = num_tokens - (len(labels) - 1) * self.min_gap  # tokens left for the events themselves
+        if room < len(labels):
+            raise ValueError(f"{len(labels)} events do not fit a clip of {num_tokens} tokens")
+        for attempt in range(tries + 1):
             n = []
             for lab in labels:
                 lengths, weights = zip(*sorted(self.counts[lab].items()))
                 n.append(int(rng.choice(lengths, p=np.asarray(weights) / sum(weights))))
+            if attempt == tries:  # a clip shorter than the data's: shrink the last draw to fit
+                n = [max(1, int(v * room / sum(n))) for v in n]
+                while sum(n) > room:  # the 1-token floor may overshoot: trim the longest
+                    n[int(np.argmax(n))] -= 1
             onsets = layout(n, num_tokens, self.min_gap, rng)
             if onsets is not None:
                 slots = np.zeros(num_tokens, dtype=np.int64)
                 for k, (on, length) in enumerate(zip(onsets, n)):
                     slots[on:on + length] = k + 1
                 return slots
-        raise ValueError(f"{len(labels)} events do not fit {num_tokens} tokens")
+        raise AssertionError("unreachable: the shrunk events fit")
 
     def to_dict(self) -> dict:
         return {"counts": {lab: {str(n): c for n, c in h.items()} for lab, h in self.counts.items()},
