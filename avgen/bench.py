@@ -297,7 +297,8 @@ def training_figures(cfg: BenchConfig, gemm: float, device) -> dict:
                       opt, build_scheduler(opt, tc))
     order = SampleOrder(len(ds), tc.data_seed, shuffle=False)
     b = tc.batch_size
-    batches = [load_batch(ds, order, range(s * b, (s + 1) * b), tc.seed, device) for s in range(cfg.train_steps + 1)]
+    batches = [load_batch(ds, order, range(s * b, (s + 1) * b), tc.seed, device, tc.codec.frames_per_token)
+               for s in range(cfg.train_steps + 1)]
     flops = 3 * training_forward_flops(trainer, batches[0])
     trainer.step(batches[0], 0)  # warm-up
     sync(device)

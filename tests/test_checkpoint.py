@@ -29,7 +29,7 @@ def make_trainer(seed: int = 0) -> tuple[Trainer, object]:
 def run_steps(trainer: Trainer, ds, start: int, stop: int) -> None:
     order, b = SampleOrder(len(ds), 0, shuffle=False), trainer.cfg.batch_size
     for step in range(start, stop):
-        trainer.step(load_batch(ds, order, range(step * b, (step + 1) * b), trainer.cfg.seed, CPU.device), step)
+        trainer.step(load_batch(ds, order, range(step * b, (step + 1) * b), trainer.cfg.seed, CPU.device, trainer.cfg.codec.frames_per_token), step)
 
 
 def save(trainer: Trainer, run_dir, step: int, keep_last: int = 3) -> Path:

@@ -76,7 +76,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(small_disk, tmp_path)
     mount, grow = small_disk
     trainer, ds = make_trainer()
     order = SampleOrder(len(ds), 0, shuffle=False)
-    trainer.step(load_batch(ds, order, range(4), trainer.cfg.seed, CPU.device), 0)  # AdamW state exists now
+    trainer.step(load_batch(ds, order, range(4), trainer.cfg.seed, CPU.device, trainer.cfg.codec.frames_per_token), 0)  # AdamW state exists now
 
     def save(run: Path, step: int) -> Path:
         return save_training_state(run, model=trainer.model, ema=trainer.ema, optimizer=trainer.optimizer,
@@ -200,7 +200,7 @@ def stepping():
 
     def step():
         i, done[0] = done[0], done[0] + 1
-        return trainer.step(load_batch(ds, order, range(i * b, (i + 1) * b), trainer.cfg.seed, CPU.device), i)
+        return trainer.step(load_batch(ds, order, range(i * b, (i + 1) * b), trainer.cfg.seed, CPU.device, trainer.cfg.codec.frames_per_token), i)
 
     assert not step().skipped
     return trainer, step

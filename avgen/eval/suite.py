@@ -420,9 +420,9 @@ def generated_items(weights, n: int, out_dir: Path, seed: int = 0, dataset: str 
             truth = real.prompt
             given = {"audio": real.audio} if mode == "a2v" else {"video": real.frames}
         clip = generate(pipe, replace(base, prompt=truth if prompt else "", seed=seed + k), **given)[0]
-        # a timeline model's drawn plan is the clip's own ground truth: the *_gt onset scores say whether it
-        # was followed
-        plan = [start for _, start, _ in clip.meta.get("timeline", [])]
+        # ground truth for the *_gt onset scores: the real clip's events (A2V / V2A), or the plan a timeline
+        # model drew (text-to-AV), which says whether the plan was followed
+        plan = [start for _, start, _ in (real.truth() if given else clip.meta.get("timeline", []))]
         items.append(Item(write_mp4(clip, out_dir / f"{mode}_{k:05d}.mp4"), truth, Truth(plan, plan) if plan else None))
     return items
 

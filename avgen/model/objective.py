@@ -38,7 +38,7 @@ class ObjectiveConfig:
     p_clean: float = 0.15  # per modality, mutually exclusive: P(video clean) = P(audio clean) = p_clean
     p_drop_prompt: float = 0.1
     p_drop_cross: float = 0.1
-    p_drop_timeline: float = 0.3  # models with a timeline input: how often it is withheld (A2V, V2A, none)
+    p_drop_timeline: float = 0.3  # models with a timeline input: how often it is withheld (so --no-timeline works)
     t_min: float = 0.05  # clamp of t in v_pred = (x_t - x0_pred) / t (bounds the weight at 1/t_min^2)
 
     def __post_init__(self):

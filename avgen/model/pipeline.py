@@ -189,8 +189,9 @@ class AVGenPipeline(DiffusionPipeline):
     def prepare_timeline(self, timeline, prompt, batch: int, num_tokens: int, generator, video, audio, device):
         """(B, N) slots for a timeline model, else None. "auto": for text-to-AV drawn from the stored layout
         prior (seeded by each sample's generator, before its noise; unknown for weights that store none);
-        with a given modality, read from its detected events (`timeline_from_given`); unknown for the null
-        prompt. None: unknown everywhere. Or the caller's (B, N) / (N,) slot ids."""
+        with a given modality, read from its detected events (`timeline_from_given`; with the null prompt the
+        slots carry no labels). Text-to-AV with the null prompt: unknown. None: unknown everywhere. Or the
+        caller's (B, N) / (N,) slot ids. Without a generator the draw uses torch's global RNG."""
         cfg = self.transformer.config
         if not cfg.get("timeline_cond", False):
             if timeline is not None and not isinstance(timeline, str):
@@ -202,7 +203,8 @@ class AVGenPipeline(DiffusionPipeline):
         if timeline is None:
             return torch.full((batch, num_tokens), unknown, dtype=torch.long, device=device)
         if not isinstance(timeline, str):
-            slots = torch.as_tensor(np.asarray(timeline), dtype=torch.long)
+            slots = torch.as_tensor(timeline if isinstance(timeline, torch.Tensor) else np.asarray(timeline),
+                                    dtype=torch.long).cpu()
             slots = slots[None].expand(batch, -1) if slots.ndim == 1 else slots
             if tuple(slots.shape) != (batch, num_tokens) or slots.min() < 0 or slots.max() > unknown:
                 raise ValueError(f"timeline must be ({batch}, {num_tokens}) slot ids in 0..{unknown}")
@@ -217,7 +219,8 @@ class AVGenPipeline(DiffusionPipeline):
             gens = generator if isinstance(generator, list) else [generator] * batch
             rows = []
             for labs, gen in zip(labels, gens):
-                seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen))
+                seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen,  # first from each generator
+                                         device=gen.device if gen is not None else "cpu"))
                 rows.append(prior.draw(labs, num_tokens, np.random.default_rng(seed)) if labs
                             else np.full(num_tokens, unknown, dtype=np.int64))
         return torch.as_tensor(np.stack(rows), dtype=torch.long, device=device)
@@ -230,7 +233,8 @@ class AVGenPipeline(DiffusionPipeline):
 
         spec, cfg = self.codec.spec, self.transformer.config
         m = "video" if video is not None else "audio"
-        given = _batched(video if video is not None else audio, 4 if video is not None else 1, len(labels), m).numpy()
+        given = _batched(video if video is not None else audio, 4 if video is not None else 1, len(labels), m)
+        given = given.cpu().numpy()
         rows = []
         for labs, x in zip(labels, given):
             frames = grey(x) if m == "video" else np.zeros((num_tokens * self.codec.cfg.frames_per_token, 1, 1), np.float32)
@@ -421,6 +425,7 @@ class GenerateSettings:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if not isinstance(self.timeline, (bool, np.bool_)):
             raise ValueError(f"timeline must be true or false, got {self.timeline!r}")
+        self.timeline = bool(self.timeline)
         if self.mode not in ("t2av", "a2v", "v2a"):
             raise ValueError(f"mode must be t2av, a2v or v2a, got {self.mode!r}")
         check_scales(guidance_scale=self.guidance_scale, audio_guidance_scale=self.audio_guidance_scale,
@@ -491,7 +496,7 @@ def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=
     clips = []
     for i in range(n):
         meta = {"seed": settings.seed + i, "mode": settings.mode}
-        if out.timeline is not None:  # the drawn plan, as events (none when the timeline was unknown)
+        if out.timeline is not None:  # the plan as labelled events (none when unknown or the prompt is null)
             meta["timeline"] = events_from_slots(out.timeline[i], pipe.parse_prompts(settings.prompt, 1)[0],
                                                  pipe.transformer.config.token_seconds)
         clips.append(Clip(out.frames[i].astype(np.float32), out.audio[i].astype(np.float32), out.fps,

@@ -51,18 +51,19 @@ class LayoutPrior:
 
     def draw(self, labels: Sequence[str], num_tokens: int, rng: np.random.Generator,
              tries: int = 100) -> np.ndarray:
-        unknown = sorted(set(labels) - set(self.counts))
-        if unknown:
-            raise ValueError(f"no event lengths for labels {unknown}")
+        pooled: dict[int, int] = {}  # a label the data never showed: lengths pooled over every label
+        for hist in self.counts.values():
+            for n, c in hist.items():
+                pooled[n] = pooled.get(n, 0) + c
         room = num_tokens - (len(labels) - 1) * self.min_gap  # tokens left for the events themselves
         if room < len(labels):
             raise ValueError(f"{len(labels)} events do not fit a clip of {num_tokens} tokens")
         for attempt in range(tries + 1):
             n = []
             for lab in labels:
-                lengths, weights = zip(*sorted(self.counts[lab].items()))
+                lengths, weights = zip(*sorted(self.counts.get(lab, pooled).items()))
                 n.append(int(rng.choice(lengths, p=np.asarray(weights) / sum(weights))))
-            if attempt == tries:  # a clip shorter than the data's: shrink the last draw to fit
+            if attempt == tries and sum(n) > room:  # a clip shorter than the data's: shrink the last draw to fit
                 n = [max(1, int(v * room / sum(n))) for v in n]
                 while sum(n) > room:  # the 1-token floor may overshoot: trim the longest
                     n[int(np.argmax(n))] -= 1

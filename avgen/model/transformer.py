@@ -308,7 +308,8 @@ class AVDiT(ModelMixin, ConfigMixin):
 
         video (B, N, Dv), audio (B, N, Da), t_video / t_audio (B,) in [0, 1] (0 = clean),
         prompt_ids (B, P) long, prompt_mask (B, P) bool (all False = null prompt),
-        cross_modal: bool or (B,) bool, token_times: (N,) seconds (default: token centres).
+        cross_modal: bool or (B,) bool, token_times: (N,) seconds (default: token centres),
+        slots: (B, N) timeline slot ids (see timeline.py; None = unknown; ignored by a model without the input).
         """
         batch, num_tokens = video.shape[:2]
         if audio.shape[1] != num_tokens:

@@ -137,7 +137,7 @@ def local_indices(position: int, batch_size: int, rt: Runtime) -> range:
 
 
 def load_batch(ds, order: SampleOrder, indices: range, seed: int, device: torch.device,
-               frames_per_token: int = 1) -> Batch:
+               frames_per_token: int) -> Batch:
     clips = [ds[order(g)] for g in indices]
     frames = torch.from_numpy(np.stack([c.frames for c in clips]))  # (b, T, H, W, C)
     audio = torch.from_numpy(np.stack([c.audio for c in clips]))  # (b, S)
@@ -371,7 +371,10 @@ def read_run_config(run_dir) -> TrainConfig:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a training run (no {CONFIG_FILE}); start one with `avgen train`")
-    return TrainConfig.from_dict(json.loads(path.read_text()))
+    d = json.loads(path.read_text())
+    for key in ("count_cond", "timeline_cond"):  # inputs added after the run began are off in it, as in weights
+        d.get("model", {}).setdefault(key, False)
+    return TrainConfig.from_dict(d)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -550,7 +553,12 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
         prior = None
         if cfg.model.timeline_cond and not pretrained.config.get("timeline_cond", False):
             theirs = config_of_model(cfg, pretrained)  # the pretrained model's clip spec and codec
-            prior = layout_prior(build_dataset(theirs, data_root), theirs)
+            data = build_dataset(theirs, data_root)
+            if has_events(data):
+                prior = layout_prior(data, theirs)
+            else:
+                log(f"dataset {cfg.dataset} has no ground-truth events: the model gets no timeline input")
+                wanted["timeline_cond"] = False
         pretrained = grow(pretrained, wanted, log, prior)
         cfg, asked = config_of_model(cfg, pretrained), cfg
         changed = _changed_keys({k: asked.to_dict()[k] for k in ("model", "codec", "spec")},
