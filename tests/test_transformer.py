@@ -185,7 +185,7 @@ def test_the_prompt_count_reaches_every_token_and_starts_at_zero():
 
 
 def test_weights_made_before_the_count_input_load_without_it_and_can_grow_it(tmp_path):
-    from avgen.train.loop import add_count_cond
+    from avgen.train.loop import grow
 
     old = randomised(tiny(count_cond=False))
     assert old.count_embed is None
@@ -197,8 +197,8 @@ def test_weights_made_before_the_count_input_load_without_it_and_can_grow_it(tmp
     cfg.write_text(json.dumps(stored))
     loaded = AVDiT.from_pretrained(tmp_path, local_files_only=True).eval()
     assert not loaded.config.count_cond and loaded.count_embed is None
-    grown = add_count_cond(loaded, True, lambda msg: None).eval()
+    grown = grow(loaded, {"count_cond": True}, lambda msg: None).eval()
     assert grown.config.count_cond and float(grown.count_embed.weight.detach().abs().max()) == 0.0
     with torch.no_grad():  # a zero count embedding: the grown model computes exactly what the old one did
         assert all(torch.equal(u, v) for u, v in zip(loaded(**inputs()).values(), grown(**inputs()).values()))
-    assert add_count_cond(loaded, False, lambda msg: None) is loaded
+    assert grow(loaded, {"count_cond": False}, lambda msg: None) is loaded

@@ -493,12 +493,11 @@ def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=
                modality_scale=settings.modality_scale, guidance_interval=settings.guidance_interval,
                generator=generators, audio=audio, video=video, timeline="auto" if settings.timeline else None,
                callback_on_step_end=None if on_step is None else _step_reporter(on_step, settings.steps))
-    clips = []
+    labels, clips = pipe.parse_prompts(settings.prompt, 1)[0], []
     for i in range(n):
         meta = {"seed": settings.seed + i, "mode": settings.mode}
         if out.timeline is not None:  # the plan as labelled events (none when unknown or the prompt is null)
-            meta["timeline"] = events_from_slots(out.timeline[i], pipe.parse_prompts(settings.prompt, 1)[0],
-                                                 pipe.transformer.config.token_seconds)
+            meta["timeline"] = events_from_slots(out.timeline[i], labels, pipe.transformer.config.token_seconds)
         clips.append(Clip(out.frames[i].astype(np.float32), out.audio[i].astype(np.float32), out.fps,
                           out.sample_rate, prompt=settings.prompt, meta=meta))
     return clips

@@ -214,11 +214,6 @@ def load_weights_folder(path) -> AVDiT:
 GROWABLE = {"count_cond": ("count_embed.",), "timeline_cond": ("slot_embed.", "slot_label.")}
 
 
-def add_count_cond(model: AVDiT, wanted: bool, log, **extra) -> AVDiT:
-    """A pretrained model without the prompt-count input, given one when `wanted` (see `grow`)."""
-    return grow(model, {"count_cond": wanted}, log)
-
-
 def grow(model: AVDiT, wanted: dict[str, bool], log, layout_prior: dict | None = None) -> AVDiT:
     """Turn on zero-initialised inputs (`GROWABLE`) the pretrained model lacks: each new embedding
     starts at zero, so the grown model computes exactly what the pretrained one did."""
