@@ -77,6 +77,17 @@ def test_same_seed_same_clip_and_batch_independence(pipe):
     assert np.allclose(both.frames[1], a.frames[0], atol=1e-5)
 
 
+def test_prompt_stream_is_encoded_once_per_call_not_per_step(pipe, monkeypatch):
+    """Work repeated across steps is not redone: the prompt stream's states (cond and uncond rows
+    together) are computed once per call and every step's forward reads them."""
+    spy = ForwardSpy(pipe, monkeypatch)
+    encoded, encode = [], pipe.transformer.encode_prompt_states
+    monkeypatch.setattr(pipe.transformer, "encode_prompt_states",
+                        lambda ids, mask: encoded.append(tuple(ids.shape)) or encode(ids, mask))
+    pipe(["3 1", "7"], num_inference_steps=4, generator=[seeded(0), seeded(1)])
+    assert len(spy.calls) == 4 and encoded == [(4, 3)]  # [cond | uncond] x batch of 2, max_events 3
+
+
 def test_all_guidance_passes_run_as_one_forward_per_step(pipe, monkeypatch):
     spy = ForwardSpy(pipe, monkeypatch)
     pipe(["3", "4 5"], num_inference_steps=4, guidance_scale=3.0, modality_scale=2.0, guidance_interval=(0.0, 1.0),

@@ -60,9 +60,10 @@ def test_rope_is_a_function_of_time_shared_by_both_modalities():
     times = (torch.arange(16) + 0.5) / 16
     layout = build_layout(torch.ones(1, 3, dtype=torch.bool), 16, times, head_dim=32, cross_modal=True,
                           min_period_s=0.125, max_period_s=32.0)
-    video_phase, audio_phase = layout.rope[3:19], layout.rope[19:35]
+    video_phase, audio_phase = layout.rope[:16], layout.rope[16:32]
     assert torch.equal(video_phase, audio_phase)  # token n of each modality: same instant, same phase
-    assert torch.equal(layout.rope[:3], torch.zeros(3, 16))  # prompt tokens are not rotated
+    assert layout.rope.shape == (32, 16)  # media tokens only: prompt tokens are not rotated
+    assert layout.self_mask.shape == (1, 1, 32, 3 + 32)  # media queries read [prompt | media] keys
     assert not torch.equal(video_phase[0], video_phase[1])
     # attention between rotated vectors depends only on the time difference
     q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)
@@ -126,6 +127,25 @@ def test_prompt_padding_is_ignored_and_null_prompt_differs():
         assert (model(**null)["video"] - base["video"]).abs().max() > 1e-3
         order = dict(x, prompt_ids=torch.tensor([[4, 1, 3], [7, 0, 0]]))  # ordinal embedding: order matters
         assert (model(**order)["video"][0] - base["video"][0]).abs().max() > 1e-3
+
+
+def test_prompt_states_encoded_once_give_the_same_prediction():
+    """The prompt stream depends on the prompt alone: its states encoded once for a [cond | uncond]
+    batch, rows picked per pass as the sampler does, give the prediction of a forward that encodes
+    them itself, for a count- and timeline-conditioned model too."""
+    model = randomised(tiny(count_cond=True, timeline_cond=True))
+    x = dict(inputs(), slots=torch.randint(0, 5, (2, 16), generator=torch.Generator().manual_seed(3)))
+    null = dict(x, prompt_ids=torch.zeros(2, 3, dtype=torch.long), prompt_mask=torch.zeros(2, 3, dtype=torch.bool))
+    with torch.no_grad():
+        both = model.encode_prompt_states(torch.cat([x["prompt_ids"], null["prompt_ids"]]),
+                                          torch.cat([x["prompt_mask"], null["prompt_mask"]]))
+        assert len(both.keys) == len(model.blocks) and both.keys[0].shape == (4, model.config.num_heads, 3, model.head_dim)
+        for case, rows in ((x, [0, 1]), (null, [2, 3])):
+            cached = model(**case, prompt_states=both.select(torch.tensor(rows)))
+            direct = model(**case)
+            for m in ("video", "audio"):
+                assert torch.allclose(cached[m], direct[m], atol=1e-5, rtol=0)
+                assert direct[m].abs().max() > 1e-2  # a live network, not zeros
 
 
 def test_each_modality_is_modulated_by_its_own_noise_level():

@@ -254,17 +254,20 @@ class AVGenPipeline(DiffusionPipeline):
         """Guided x0 for both modalities from one batched forward over the needed passes (the
         unconditional pass is skipped at steps where no modality is guided)."""
         guidance = guidance.at({m: float(t[m][0]) for m in MEDIA})
-        passes = ["cond"] + ["uncond"] * guidance.needs_uncond + ["nocross"] * guidance.needs_nocross
+        passes = ("cond",) + ("uncond",) * guidance.needs_uncond + ("nocross",) * guidance.needs_nocross
         batch = x["video"].shape[0]
         ids = torch.cat([prompts["uncond" if p == "uncond" else "cond"][0] for p in passes])  # (KB, P)
         mask = torch.cat([prompts["uncond" if p == "uncond" else "cond"][1] for p in passes])  # (KB, P)
         cross = torch.tensor([p != "nocross" for p in passes], device=ids.device).repeat_interleave(batch)  # (KB,)
         k = len(passes)
         with autocast(self._execution_device):
+            rows = torch.cat([torch.arange(batch) + batch * (p == "uncond") for p in passes])  # into [cond | uncond]
+            states = prompts["states"].select(rows.to(ids.device))
             slots = prompts.get("slots")  # every pass shares the timeline: guidance acts on labels, not layout
             extra = {} if slots is None else {"slots": slots.repeat(k, 1)}
             out = self.transformer(x["video"].repeat(k, 1, 1), x["audio"].repeat(k, 1, 1),
-                                   t["video"].repeat(k), t["audio"].repeat(k), ids, mask, cross_modal=cross, **extra)
+                                   t["video"].repeat(k), t["audio"].repeat(k), ids, mask, cross_modal=cross,
+                                   prompt_states=states, **extra)
         per_pass = {p: {m: out[m].float()[i * batch:(i + 1) * batch] for m in MEDIA} for i, p in enumerate(passes)}
         return guidance.combine(per_pass)
 
@@ -300,6 +303,9 @@ class AVGenPipeline(DiffusionPipeline):
         prompts = {"cond": self.encode_prompt(prompt, batch, device),
                    "uncond": self.encode_prompt(negative_prompt, batch, device),
                    "slots": self.prepare_timeline(timeline, prompt, batch, num_tokens, generator, video, audio, device)}
+        with autocast(device):  # the prompt stream does not change across steps: once per call, [cond | uncond] rows
+            prompts["states"] = self.transformer.encode_prompt_states(
+                torch.cat([prompts["cond"][0], prompts["uncond"][0]]), torch.cat([prompts["cond"][1], prompts["uncond"][1]]))
         dims = self.codec.dims
         x = {"video": self.prepare_latents(latents, (batch, num_tokens, dims["video"]), generator, device),
              "audio": self.prepare_latents(audio_latents, (batch, num_tokens, dims["audio"]), generator, device),
