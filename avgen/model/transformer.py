@@ -182,7 +182,7 @@ class Attention(nn.Module):
         cross = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.cross_mask)  # (B, H, M, hd)
         own = layout.split(rearrange(own, "b h m d -> b m (h d)"))  # {modality: (B, N, D)}
         cross = layout.split(rearrange(cross, "b h m d -> b m (h d)"))
-        keep = layout.cross_keep.to(h.dtype)  # (B, 1, 1)
+        keep = layout.cross_keep.to(cross["video"].dtype)  # (B, 1, 1)
         media = [torch.addcmul(own[m], self.cross_gate[m].to(keep.dtype) * keep, cross[m]) for m in MEDIA]
         return self.proj(torch.cat(media, dim=1))  # (B, M, D)
 
