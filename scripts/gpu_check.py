@@ -76,8 +76,9 @@ def velocity_on(pipe: AVGenPipeline, device: str, x: dict, t: dict, prompts: dic
     move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
     guidance = Guidance(video=4.0, audio=4.0, modality_video=2.0, modality_audio=2.0)
     with torch.no_grad():
-        x0 = pipe.predict_x0(move(x), move(t), {k: p.to(device) if isinstance(p, torch.Tensor) else
-                                                tuple(v.to(device) for v in p) for k, p in prompts.items()}, guidance)
+        prompts = pipe.with_prompt_states({k: p.to(device) if isinstance(p, torch.Tensor) else
+                                           tuple(v.to(device) for v in p) for k, p in prompts.items()})
+        x0 = pipe.predict_x0(move(x), move(t), prompts, guidance)
     return {m: x0_to_velocity(x[m], x0[m].float().cpu(), t[m]) for m in x0}
 
 

@@ -146,6 +146,8 @@ def test_prompt_states_encoded_once_give_the_same_prediction():
             for m in ("video", "audio"):
                 assert torch.allclose(cached[m], direct[m], atol=1e-5, rtol=0)
                 assert direct[m].abs().max() > 1e-2  # a live network, not zeros
+        with pytest.raises(ValueError, match="encode them from this call"):
+            model(**x, prompt_states=both)  # 4 rows of states for a call of 2
 
 
 def test_each_modality_is_modulated_by_its_own_noise_level():

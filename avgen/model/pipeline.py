@@ -133,7 +133,8 @@ class Guidance:
 class AVGenPipeline(DiffusionPipeline):
     """Text (and optionally one modality) -> synchronized video + audio, with an `AVDiT`."""
 
-    model_cpu_offload_seq = "transformer"
+    # no `model_cpu_offload_seq`: the network is small, and the sampler calls the transformer's
+    # `encode_prompt_states` as well as its forward, which accelerate's offload hooks would not see
 
     def __init__(self, transformer: AVDiT, scheduler, audio_scheduler):
         super().__init__()
@@ -249,6 +250,15 @@ class AVGenPipeline(DiffusionPipeline):
         return rows
 
     # ------------------------------------------------------------------ one guided step
+    def with_prompt_states(self, prompts: dict) -> dict:
+        """`prompts` ({"cond": (ids, mask), "uncond": (ids, mask), ...} on the execution device) plus
+        "states": the prompt stream's keys and values for its [cond | uncond] rows. The prompt stream
+        does not change across denoising steps, so this runs once per call; `predict_x0` picks each
+        pass's rows."""
+        ids, mask = (torch.cat([prompts["cond"][i], prompts["uncond"][i]]) for i in (0, 1))
+        with autocast(self._execution_device):
+            return {**prompts, "states": self.transformer.encode_prompt_states(ids, mask)}
+
     def predict_x0(self, x: dict[str, torch.Tensor], t: dict[str, torch.Tensor], prompts: dict[str, tuple],
                    guidance: Guidance) -> dict[str, torch.Tensor]:
         """Guided x0 for both modalities from one batched forward over the needed passes (the
@@ -261,8 +271,8 @@ class AVGenPipeline(DiffusionPipeline):
         cross = torch.tensor([p != "nocross" for p in passes], device=ids.device).repeat_interleave(batch)  # (KB,)
         k = len(passes)
         with autocast(self._execution_device):
-            rows = torch.cat([torch.arange(batch) + batch * (p == "uncond") for p in passes])  # into [cond | uncond]
-            states = prompts["states"].select(rows.to(ids.device))
+            rows = torch.cat([torch.arange(batch, device=ids.device) + batch * (p == "uncond") for p in passes])
+            states = prompts["states"].select(rows)  # each pass's rows of [cond | uncond]
             slots = prompts.get("slots")  # every pass shares the timeline: guidance acts on labels, not layout
             extra = {} if slots is None else {"slots": slots.repeat(k, 1)}
             out = self.transformer(x["video"].repeat(k, 1, 1), x["audio"].repeat(k, 1, 1),
@@ -303,9 +313,7 @@ class AVGenPipeline(DiffusionPipeline):
         prompts = {"cond": self.encode_prompt(prompt, batch, device),
                    "uncond": self.encode_prompt(negative_prompt, batch, device),
                    "slots": self.prepare_timeline(timeline, prompt, batch, num_tokens, generator, video, audio, device)}
-        with autocast(device):  # the prompt stream does not change across steps: once per call, [cond | uncond] rows
-            prompts["states"] = self.transformer.encode_prompt_states(
-                torch.cat([prompts["cond"][0], prompts["uncond"][0]]), torch.cat([prompts["cond"][1], prompts["uncond"][1]]))
+        prompts = self.with_prompt_states(prompts)
         dims = self.codec.dims
         x = {"video": self.prepare_latents(latents, (batch, num_tokens, dims["video"]), generator, device),
              "audio": self.prepare_latents(audio_latents, (batch, num_tokens, dims["audio"]), generator, device),

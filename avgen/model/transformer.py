@@ -1,6 +1,7 @@
 """AVDiT: one transformer that denoises video and audio tokens together.
 
-Sequence: [prompt tokens | video tokens | audio tokens]. Per stream (prompt / video / audio):
+Tokens: prompt, video and audio; media queries read keys [prompt | own modality] (and, gated, the
+other modality; see `Attention`). Per stream (prompt / video / audio):
 input embedding, AdaLN-Zero modulation and FFN. Shared: the attention weights. Conditioning:
 video and audio tokens are modulated by their OWN noise level (t_video, t_audio), so one network
 serves text-to-AV, A2V (audio held at t = 0) and V2A; prompt tokens by a learned t-free vector.
@@ -94,7 +95,8 @@ class PromptStates:
     """The prompt stream's keys and values at every block, and which prompt tokens are valid.
 
     Computed by `AVDiT.encode_prompt_states` from the prompt alone; `select` picks rows, so one
-    encoding serves every guidance pass of a sampling call."""
+    encoding serves every guidance pass of a sampling call. They belong to the weights, dtype
+    (autocast) and grad mode they were computed under: encode again after any of those change."""
 
     keys: list[torch.Tensor]  # per block (B, H, P, hd)
     values: list[torch.Tensor]  # per block (B, H, P, hd)
@@ -203,7 +205,8 @@ class AVDiTBlock(nn.Module):
         """{modality: (B, N, D)} -> {modality: (B, N, D)}, reading the prompt's keys and values.
         Streams stay separate, contiguous tensors: each one's modulation broadcasts from (B, 1, D)
         instead of being expanded over its tokens, and only the attention input is concatenated (an
-        A/B against the concatenated form: 3-10% faster on this CPU, identical outputs to 2e-6)."""
+        A/B against the concatenated form, measured when the prompt stream still ran here: 3-10%
+        faster on this CPU, identical outputs to 2e-6)."""
         mod = {s: self.ada[s](cond[s])[:, None].chunk(6, dim=-1) for s in MEDIA}  # 6 x (B, 1, D)
         h = torch.cat([modulate(self.norm1(x[s]), *mod[s][:2]) for s in MEDIA], dim=1)  # (B, M, D)
         a = layout.split(self.attn(h, layout, prompt_k, prompt_v))  # {modality: (B, N, D)}
@@ -365,8 +368,9 @@ class AVDiT(ModelMixin, ConfigMixin):
         prompt_ids (B, P) long, prompt_mask (B, P) bool (all False = null prompt),
         cross_modal: bool or (B,) bool, token_times: (N,) seconds (default: token centres),
         slots: (B, N) timeline slot ids (see timeline.py; None = unknown; ignored by a model without the input),
-        prompt_states: `encode_prompt_states(prompt_ids, prompt_mask)` computed once by the caller
-        (a sampler reuses it across steps); None computes it here.
+        prompt_states: `encode_prompt_states(prompt_ids, prompt_mask)` of these same prompt rows,
+        computed once by the caller (a sampler reuses it across steps); None computes it here.
+        prompt_ids / prompt_mask are needed either way (label count, timeline labels).
         """
         batch, num_tokens = video.shape[:2]
         if audio.shape[1] != num_tokens:
@@ -384,6 +388,10 @@ class AVDiT(ModelMixin, ConfigMixin):
         if self.slot_embed is not None:
             timeline = self.embed_timeline(slots, prompt_ids, prompt_mask.bool(), batch, num_tokens)  # (B, N, D)
             x["video"], x["audio"] = x["video"] + timeline, x["audio"] + timeline
-        for block, k, v in zip(self.blocks, prompt_states.keys, prompt_states.values):
+        if prompt_states.valid.shape != prompt_mask.shape or len(prompt_states.keys) != len(self.blocks):
+            raise ValueError(f"prompt_states hold {tuple(prompt_states.valid.shape)} prompt tokens over "
+                             f"{len(prompt_states.keys)} blocks; this call has {tuple(prompt_mask.shape)} over "
+                             f"{len(self.blocks)}: encode them from this call's prompt_ids and prompt_mask")
+        for block, k, v in zip(self.blocks, prompt_states.keys, prompt_states.values, strict=True):
             x = block(x, cond, layout, k, v)  # {modality: (B, N, D)}
         return {m: self.final[m](x[m], cond[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}
