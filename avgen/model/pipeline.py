@@ -284,7 +284,7 @@ class AVGenPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ the call
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str | list[str] | None = None,
-                 duration_s: float | None = None, num_inference_steps: int = 25, guidance_scale: float = 4.0,
+                 duration_s: float | None = None, num_inference_steps: int = 25, guidance_scale: float = 6.0,
                  audio_guidance_scale: float | None = None, modality_scale: float = 1.0,
                  audio_modality_scale: float | None = None,
                  guidance_interval: tuple[float, float] | None = None,
@@ -412,7 +412,7 @@ class GenerateSettings:
     seed: int = 0
     steps: int = 25
     sampler: str = "euler"
-    guidance_scale: float = 4.0
+    guidance_scale: float = 6.0  # 100 paired clips, shipped weights: 4 / 6 / 8 gave video digits 89.7 / 92.1 / 93.1%, audio 95.6 / 97.5 / 97.0%
     audio_guidance_scale: float | None = None
     modality_scale: float = 1.0
     guidance_interval: tuple[float, float] | None = None  # where prompt guidance acts; None: the mode's default
