@@ -342,15 +342,20 @@ class AVDiT(ModelMixin, ConfigMixin):
         labels = self.label_embed(torch.gather(prompt_ids, 1, index)) * active[..., None]  # (B, N, D)
         return self.slot_embed(slots) + self.slot_label(labels)
 
+    def add_count(self, cond: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """AdaLN input (B, D) plus the embedding of the number of labels in the prompt (0 = null), if the
+        model has that input: the same for the prompt stream and for both media streams."""
+        if self.count_embed is None:
+            return cond
+        return cond + self.count_embed(prompt_mask.bool().sum(dim=1)).to(cond.dtype)
+
     def encode_prompt_states(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> PromptStates:
         """The prompt stream through every block: (B, P) ids and mask -> its keys and values per block.
         Prompt tokens attend only to the prompt and their AdaLN input is t-free (plus the label count),
         so this depends on the prompt alone."""
         prompt_mask = prompt_mask.bool()
         x, valid = self.embed_prompt(prompt_ids, prompt_mask)  # (B, P, D), (B, P)
-        cond = self.prompt_cond[None].expand(x.shape[0], -1)  # (B, D)
-        if self.count_embed is not None:
-            cond = cond + self.count_embed(prompt_mask.sum(dim=1)).to(cond.dtype)
+        cond = self.add_count(self.prompt_cond[None].expand(x.shape[0], -1), prompt_mask)  # (B, D)
         keys, values = [], []
         for i, block in enumerate(self.blocks):
             x, k, v = block.prompt(x, cond, valid, last=i == len(self.blocks) - 1)
@@ -378,20 +383,17 @@ class AVDiT(ModelMixin, ConfigMixin):
         times = self.default_token_times(num_tokens, video.device) if token_times is None else token_times  # (N,)
         if prompt_states is None:
             prompt_states = self.encode_prompt_states(prompt_ids, prompt_mask)
-        layout = build_layout(prompt_states.valid, num_tokens, times, self.head_dim, cross_modal,
-                              self.config.rope_min_period_s, self.config.rope_max_period_s)
-        cond = {"video": self.t_embed(t_video), "audio": self.t_embed(t_audio)}  # (B, D) each
-        if self.count_embed is not None:
-            count = self.count_embed(prompt_mask.bool().sum(dim=1))  # (B, D): labels in the prompt, 0 = null
-            cond = {s: c + count.to(c.dtype) for s, c in cond.items()}
-        x = {"video": self.embed["video"](video), "audio": self.embed["audio"](audio)}
-        if self.slot_embed is not None:
-            timeline = self.embed_timeline(slots, prompt_ids, prompt_mask.bool(), batch, num_tokens)  # (B, N, D)
-            x["video"], x["audio"] = x["video"] + timeline, x["audio"] + timeline
         if prompt_states.valid.shape != prompt_mask.shape or len(prompt_states.keys) != len(self.blocks):
             raise ValueError(f"prompt_states hold {tuple(prompt_states.valid.shape)} prompt tokens over "
                              f"{len(prompt_states.keys)} blocks; this call has {tuple(prompt_mask.shape)} over "
                              f"{len(self.blocks)}: encode them from this call's prompt_ids and prompt_mask")
+        layout = build_layout(prompt_states.valid, num_tokens, times, self.head_dim, cross_modal,
+                              self.config.rope_min_period_s, self.config.rope_max_period_s)
+        cond = {m: self.add_count(self.t_embed(t), prompt_mask) for m, t in (("video", t_video), ("audio", t_audio))}
+        x = {"video": self.embed["video"](video), "audio": self.embed["audio"](audio)}
+        if self.slot_embed is not None:
+            timeline = self.embed_timeline(slots, prompt_ids, prompt_mask.bool(), batch, num_tokens)  # (B, N, D)
+            x["video"], x["audio"] = x["video"] + timeline, x["audio"] + timeline
         for block, k, v in zip(self.blocks, prompt_states.keys, prompt_states.values, strict=True):
             x = block(x, cond, layout, k, v)  # {modality: (B, N, D)}
         return {m: self.final[m](x[m], cond[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}
