@@ -16,6 +16,7 @@ from avgen.data import make_dataset
 from avgen.data.io import to_uint8_rgb, upscale, write_mp4, write_video
 from avgen.eval.judges import Judges
 from avgen.eval.onsets import AVSignal
+from avgen.model.pipeline import DEFAULT_WEIGHTS
 from avgen.eval.suite import (Control, EvalConfig, Item, analyse, control_clip, evaluate, frechet_summary,
                               load_signal)
 
@@ -113,15 +114,52 @@ def test_mp4_and_webm_offsets_match_the_raw_clip(ds, tmp_path, base_offsets):
         assert np.mean(np.abs(got - raw) <= 10.0) >= 0.9, (fmt, np.round(got - raw, 1))
 
 
-def test_frechet_noise_and_shuffled_clips_far_above_the_floor(ds, judges):
-    def analyses(control, start, n):
-        return [analyse(AVSignal.from_clip(control_clip(ds, i, control, 10_000, 0)[0]), FAST, judges,
-                        ds[i].prompt) for i in range(start, start + n)]
+def analyses(ds, judges, control, start, n):
+    return [analyse(AVSignal.from_clip(control_clip(ds, i, control, 10_000, 0)[0]), FAST, judges,
+                    ds[i].prompt) for i in range(start, start + n)]
 
+
+@pytest.fixture(scope="module")
+def real(ds, judges):
+    return analyses(ds, judges, Control(), 0, 100)
+
+
+def test_frechet_noise_and_shuffled_clips_far_above_the_floor(ds, judges, real):
     n = 50
-    real = analyses(Control(), 0, 2 * n)
     for how in ("noise", "shuffle"):
-        s = frechet_summary(analyses(Control(corrupt=how), 500, n), real, n, repeats=5)
+        s = frechet_summary(analyses(ds, judges, Control(corrupt=how), 500, n), real, n, repeats=5)
         for m in ("video", "audio"):
             fl = s[f"fd_{m}_floor"]
             assert s[f"fd_{m}"] > fl["mean"] + 10 * fl["std"] and s[f"fd_{m}"] > 3 * fl["mean"], (how, m, s)
+
+
+def test_codec_round_trip_stays_at_the_real_floor(ds, judges, real):
+    """The shipped model's representation (pixels; STFT magnitudes + Griffin-Lim) loses nothing the
+    judges or the Frechet features see: a model's distance above the floor is the model's."""
+    n = 50
+    clips = [control_clip(ds, i, Control(codec=str(DEFAULT_WEIGHTS)), 10_000, 0) for i in range(500, 500 + n)]
+    clip, truth = clips[0]
+    assert clip.frames.shape == ds[500].frames.shape and clip.audio.shape == ds[500].audio.shape
+    assert truth.video == [e.start_s for e in ds[500].events]
+    got = [analyse(AVSignal.from_clip(c), FAST, judges, c.prompt) for c, _ in clips]
+    s = frechet_summary(got, real, n, repeats=5)
+    for m in ("video", "audio"):
+        fl = s[f"fd_{m}_floor"]
+        assert s[f"fd_{m}"] < fl["mean"] + 2 * fl["std"], (m, s)
+    read = [a.record["audio_digits"] == c.prompt.split() for a, (c, _) in zip(got, clips)]
+    assert np.mean(read) >= 0.9
+
+
+def test_codec_round_trip_refuses_another_clip_format(ds, tmp_path):
+    import json
+    import shutil
+
+    w = tmp_path / "w"
+    shutil.copytree(DEFAULT_WEIGHTS / "transformer", w / "transformer", ignore=shutil.ignore_patterns("*.safetensors"))
+    cfg = json.loads((w / "transformer" / "config.json").read_text())
+    cfg["clip_spec"]["fps"] = 8
+    (w / "transformer" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="the codec is for 8 fps"):
+        control_clip(ds, 0, Control(codec=str(w)), 10, 0)
+    with pytest.raises(ValueError, match="no transformer/config.json"):
+        control_clip(ds, 0, Control(codec=str(tmp_path)), 10, 0)

@@ -79,13 +79,23 @@ def test_same_seed_same_clip_and_batch_independence(pipe):
 
 def test_prompt_stream_is_encoded_once_per_call_not_per_step(pipe, monkeypatch):
     """Work repeated across steps is not redone: the prompt stream's states (cond and uncond rows
-    together) are computed once per call and every step's forward reads them."""
+    together) are computed once per call and every step's forward reads them; so are the AdaLN
+    outputs of every step, in one table, whose rows match what each step's forward would compute."""
     spy = ForwardSpy(pipe, monkeypatch)
     encoded, encode = [], pipe.transformer.encode_prompt_states
     monkeypatch.setattr(pipe.transformer, "encode_prompt_states",
                         lambda ids, mask: encoded.append(tuple(ids.shape)) or encode(ids, mask))
+    tables, modulation = [], pipe.transformer.modulation
+    monkeypatch.setattr(pipe.transformer, "modulation",
+                        lambda tv, ta, mask: tables.append((tv.clone(), ta.clone(), mask.clone())) or modulation(tv, ta, mask))
     pipe(["3 1", "7"], num_inference_steps=4, generator=[seeded(0), seeded(1)])
     assert len(spy.calls) == 4 and encoded == [(4, 3)]  # [cond | uncond] x batch of 2, max_events 3
+    assert len(tables) == 1  # one table: 4 steps x [cond | uncond] x batch of 2
+    tv, ta, mask = tables[0]
+    assert tv.shape == ta.shape == (16,) and mask.shape == (16, 3)
+    sigmas = pipe.scheduler.sigmas[:4].float()
+    assert torch.allclose(tv, sigmas.repeat_interleave(4)) and torch.equal(ta, tv)  # both noisy: same t
+    assert mask[:4].sum(dim=1).tolist() == [2, 1, 0, 0] and torch.equal(mask[4:8], mask[:4])  # cond, uncond
 
 
 def test_all_guidance_passes_run_as_one_forward_per_step(pipe, monkeypatch):

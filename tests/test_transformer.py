@@ -60,16 +60,17 @@ def test_rope_is_a_function_of_time_shared_by_both_modalities():
     times = (torch.arange(16) + 0.5) / 16
     layout = build_layout(torch.ones(1, 3, dtype=torch.bool), 16, times, head_dim=32, cross_modal=True,
                           min_period_s=0.125, max_period_s=32.0)
-    video_phase, audio_phase = layout.rope[:16], layout.rope[16:32]
-    assert torch.equal(video_phase, audio_phase)  # token n of each modality: same instant, same phase
-    assert layout.rope.shape == (32, 16)  # media tokens only: prompt tokens are not rotated
+    cos, sin = layout.rope
+    video_phase, audio_phase = (cos[:16], sin[:16]), (cos[16:32], sin[16:32])
+    assert all(map(torch.equal, video_phase, audio_phase))  # token n of each modality: same instant, same phase
+    assert cos.shape == sin.shape == (32, 16)  # media tokens only: prompt tokens are not rotated
     assert layout.self_mask.shape == (1, 1, 32, 3 + 32)  # media queries read [prompt | media] keys
-    assert not torch.equal(video_phase[0], video_phase[1])
+    assert not torch.equal(video_phase[0][0], video_phase[0][1])
     # attention between rotated vectors depends only on the time difference
     q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)
 
     def score(tq: float, tk: float) -> float:
-        angles = lambda t: rope_angles(torch.tensor([t]), 32, 0.125, 32.0)  # noqa: E731
+        angles = lambda t: (lambda a: (a.cos(), a.sin()))(rope_angles(torch.tensor([t]), 32, 0.125, 32.0))  # noqa: E731
         return float((apply_rope(q, angles(tq)) * apply_rope(k, angles(tk))).sum())
 
     assert score(0.5, 0.25) == pytest.approx(score(2.0, 1.75), abs=1e-4)
@@ -148,6 +149,30 @@ def test_prompt_states_encoded_once_give_the_same_prediction():
                 assert direct[m].abs().max() > 1e-2  # a live network, not zeros
         with pytest.raises(ValueError, match="encode them from this call"):
             model(**x, prompt_states=both)  # 4 rows of states for a call of 2
+
+
+def test_modulation_table_over_steps_gives_the_same_prediction():
+    """A sampler's table of AdaLN outputs, computed once for every step and [cond | uncond] row in one
+    matmul per layer and selected per step, gives the prediction of a forward that computes its own."""
+    model = randomised(tiny(count_cond=True, timeline_cond=True))
+    x = inputs()
+    null_mask = torch.zeros_like(x["prompt_mask"])
+    sigmas = torch.tensor([1.0, 0.6, 0.2])
+    rows_t = sigmas.repeat_interleave(4)  # per step: 2 cond rows, then 2 uncond rows
+    masks = torch.cat([x["prompt_mask"], null_mask]).repeat(3, 1)
+    with torch.no_grad():
+        table = model.modulation(rows_t, torch.zeros_like(rows_t), masks)  # audio given clean (t = 0)
+        assert table.rows == 12 and table.blocks[0]["video"].shape == (12, 6 * model.config.hidden_size)
+        for i, sigma in enumerate(sigmas):
+            for mask, first in ((x["prompt_mask"], 4 * i), (null_mask, 4 * i + 2)):
+                case = dict(x, prompt_mask=mask, t_video=sigma.repeat(2), t_audio=torch.zeros(2))
+                cached = model(**case, modulation=table.select(torch.arange(first, first + 2)))
+                direct = model(**case)
+                for m in ("video", "audio"):
+                    err = float((cached[m] - direct[m]).abs().max() / direct[m].abs().max())
+                    assert err < 1e-5, (i, m, err)  # rounding of a batched vs a one-row matmul
+        with pytest.raises(ValueError, match="compute it from this call"):
+            model(**x, modulation=table)  # 12 rows for a call of 2
 
 
 def test_each_modality_is_modulated_by_its_own_noise_level():

@@ -2,7 +2,7 @@
 
     avgen eval PATH [PATH ...] --json OUT.json [--prompts MANIFEST.json]
     avgen eval --dataset talking-digits --split test --n 200 --json OUT.json [--shift-ms MS | --swap-audio |
-               --random-events | --corrupt noise|shuffle] [--frechet]
+               --random-events | --corrupt noise|shuffle | --codec-roundtrip] [--frechet]
     avgen eval --generate N --weights DIR --json OUT.json [--duration S] [--dataset shapes]
     avgen eval --generate N --weights DIR --mode a2v|v2a [--no-prompt]     # from real test audio / video
 
@@ -39,6 +39,9 @@ def register(sub) -> None:
     g.add_argument("--random-events", action="store_true", help="move each event's sound to a random time")
     g.add_argument("--corrupt", choices=["noise", "shuffle"], default=None,
                    help="noise: noise frames and audio; shuffle: frames and 0.1 s audio chunks in random order")
+    g.add_argument("--codec-roundtrip", action="store_true",
+                   help="both modalities through the model's codec (of --weights, default: the shipped "
+                   "weights), encode -> decode: the representation's ceiling")
     g.add_argument("--frechet", action="store_true",
                    help="also FD / KID against 2N other real clips, with the real-vs-real floor")
     g = p.add_argument_group("a model")
@@ -80,9 +83,10 @@ def mode_of(args) -> str:
     if len(modes) != 1:
         raise UsageError("give video PATHs, or --dataset NAME, or --generate N --weights DIR (exactly one)")
     mode = modes[0]
-    controls = args.shift_ms or args.swap_audio or args.random_events or args.corrupt
+    controls = args.shift_ms or args.swap_audio or args.random_events or args.corrupt or args.codec_roundtrip
     if controls and mode != "dataset":
-        raise UsageError("--shift-ms, --swap-audio, --random-events and --corrupt apply to --dataset clips only")
+        raise UsageError("--shift-ms, --swap-audio, --random-events, --corrupt and --codec-roundtrip apply to "
+                         "--dataset clips only")
     if mode == "generate" and (args.weights is None or args.generate < 1):
         raise UsageError("--generate N needs N >= 1 and --weights DIR")
     if args.prompts and mode != "files":
@@ -97,7 +101,7 @@ def mode_of(args) -> str:
         raise UsageError("--no-prompt needs --mode a2v or v2a (t2av from no prompt has nothing to score)")
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name such as {args.json / 'eval.json'}")
-    if mode == "generate":
+    if mode == "generate" or (args.codec_roundtrip and args.weights is not None):
         from avgen.train.checkpoint import check_weights_folder
         check_weights_folder(args.weights)
     return mode
@@ -166,7 +170,11 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
     if mode == "files":
         return suite.file_items(args.paths, suite.read_manifest(args.prompts) if args.prompts else None)
     if mode == "dataset":
-        control = suite.Control(args.shift_ms, args.swap_audio, args.random_events, args.corrupt)
+        codec = None
+        if args.codec_roundtrip:
+            from avgen.model.pipeline import DEFAULT_WEIGHTS
+            codec = str(args.weights or DEFAULT_WEIGHTS)
+        control = suite.Control(args.shift_ms, args.swap_audio, args.random_events, args.corrupt, codec)
         meta.update(dataset=args.dataset, split=args.split, control=control.describe())
         return suite.dataset_items(args.dataset, args.split, args.n, work / "clips", control, args.seed, args.data_root)
     meta.update(weights=str(args.weights), dataset=reference_name(args), generate_mode=args.mode,

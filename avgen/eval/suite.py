@@ -279,6 +279,8 @@ class Control:
     swap_audio: bool = False  # the audio of another clip (the semantic floor)
     random_events: bool = False  # each event's sound moved to a random time (the onset-F1 floor)
     corrupt: str | None = None  # "noise" | "shuffle": Frechet controls (no ground truth kept)
+    codec: str | None = None  # a weights folder: both modalities through its codec, encode -> decode
+    # (the representation's ceiling: what a model that denoised perfectly would still lose)
 
     def __post_init__(self):
         if self.corrupt not in (None, "noise", "shuffle"):
@@ -290,6 +292,7 @@ class Control:
         parts = [f"shift {self.shift_ms:+g} ms"] if self.shift_ms else []
         parts += ["swapped audio"] * self.swap_audio + ["random audio events"] * self.random_events
         parts += [f"corrupt={self.corrupt}"] if self.corrupt else []
+        parts += [f"codec round trip ({self.codec})"] if self.codec else []
         return ", ".join(parts) or "none"
 
 
@@ -342,8 +345,35 @@ def corrupt_clip(clip: Clip, how: str, rng: np.random.Generator) -> Clip:
     return Clip(frames, audio.astype(np.float32), clip.fps, clip.sample_rate, [], clip.prompt, dict(clip.meta))
 
 
-def control_clip(ds, index: int, control: Control, n: int, seed: int) -> tuple[Clip, Truth | None]:
-    """Clip `index` of the dataset with the control applied, and its ground truth."""
+def codec_of(weights) -> "AVCodec":
+    """The fixed codec of the model at `weights` (its stored config; the network is not loaded)."""
+    from avgen.model.codec import AVCodec
+
+    path = Path(weights) / "transformer" / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{weights} holds no transformer/config.json (give a model weights folder)")
+    return AVCodec.from_config(json.loads(path.read_text()))
+
+
+def codec_clip(clip: Clip, codec) -> Clip:
+    """Both modalities encoded to the model's tokens and decoded back, on the clip's own events:
+    any clip the model could make is at best this. Refuses a codec built for another clip format."""
+    import torch
+
+    s = codec.spec
+    if (clip.fps, clip.sample_rate, clip.frames.shape[1:]) != (s.fps, s.sample_rate, (s.height, s.width, s.channels)):
+        raise ValueError(f"the codec is for {s.fps} fps, {s.sample_rate} Hz, {s.height}x{s.width}x{s.channels} "
+                         f"frames; the clips are {clip.fps} fps, {clip.sample_rate} Hz, {clip.frames.shape[1:]}")
+    with torch.no_grad():
+        tokens = codec.encode(torch.from_numpy(clip.frames)[None], torch.from_numpy(clip.audio)[None])
+        frames, audio = codec.decode(tokens)
+    return Clip(frames[0].numpy(), audio[0].numpy(), clip.fps, clip.sample_rate, clip.events, clip.prompt,
+                dict(clip.meta))
+
+
+def control_clip(ds, index: int, control: Control, n: int, seed: int, codec=None) -> tuple[Clip, Truth | None]:
+    """Clip `index` of the dataset with the control applied, and its ground truth. `codec` is
+    the codec that `control.codec` names (loaded once by the caller; loaded here when None)."""
     clip = ds[index]
     video_truth = [e.start_s for e in clip.events]
     audio, audio_truth = clip.audio, list(video_truth)
@@ -358,6 +388,8 @@ def control_clip(ds, index: int, control: Control, n: int, seed: int) -> tuple[C
         out, video_delay, audio_delay = shift_clip(out, control.shift_ms)
         video_truth = [t + video_delay for t in video_truth]
         audio_truth = [t + audio_delay for t in audio_truth]
+    if control.codec:
+        out = codec_clip(out, codec if codec is not None else codec_of(control.codec))
     if control.corrupt:
         return corrupt_clip(out, control.corrupt, rng), None
     return out, Truth(video_truth, audio_truth)
@@ -372,10 +404,11 @@ def dataset_items(name: str, split: str, n: int, out_dir: Path, control: Control
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     ds = make_dataset(name, split=split, seed=seed, data_root=data_root)
+    codec = codec_of(control.codec) if control.codec else None
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for k in range(n):
-        clip, truth = control_clip(ds, first_index + k, control, n, seed)
+        clip, truth = control_clip(ds, first_index + k, control, n, seed, codec)
         path = write_mp4(clip, out_dir / f"{name}_{split}_{first_index + k:05d}.mp4")
         items.append(Item(path, clip.prompt, truth))
     return items

@@ -14,8 +14,10 @@ How many labels the prompt has (0 = null) is also added to every stream's AdaLN 
 
 Prompt tokens attend only to the prompt and carry no noise level, time or timeline, so their
 states at every block are a function of the prompt alone: `encode_prompt_states` runs that stream
-once and the media stream reads its keys and values (`PromptStates`). A sampler computes them once
-per call, not once per denoising step (the same function either way).
+once and the media stream reads its keys and values (`PromptStates`). Likewise the media streams'
+AdaLN outputs depend only on each row's noise levels and label count (`modulation` -> `Modulation`).
+A sampler computes both once per call, for all of its steps, not once per denoising step (the same
+function either way, to rounding).
 
 Cross-modal path (see `Attention`): within-modality attention and video<->audio attention are two
 masked passes over the same q, k, v; the cross-modal output enters through a zero-initialised
@@ -73,9 +75,10 @@ def rope_angles(times_s: torch.Tensor, head_dim: int, min_period_s: float, max_p
     return (times_s.double()[:, None] * (2 * math.pi / periods)[None]).float()  # (L, hd/2)
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (i, i + hd/2) of x (B, H, L, hd) by angles (L, hd/2)."""
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (L, hd/2)
+def apply_rope(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate channel pairs (i, i + hd/2) of x (B, H, L, hd) by angles given as their (cos, sin),
+    each (L, hd/2) (computed once per forward, see `build_layout`)."""
+    cos, sin = (c.to(x.dtype) for c in cos_sin)
     x1, x2 = x.chunk(2, dim=-1)  # (B, H, L, hd/2) each
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, L, hd)
 
@@ -108,11 +111,38 @@ class PromptStates:
 
 
 @dataclass
+class Modulation:
+    """Every AdaLN output of the media streams, per batch row: what a row's noise levels and label
+    count make of each block's and each final layer's (shift, scale, gate) vectors.
+
+    They depend on nothing else, so a sampler computes them for all of its steps and guidance rows
+    at once (`AVDiT.modulation`: one matmul per layer instead of one tiny one per layer per step,
+    each of which streamed the layer's whole weight for 1-2 rows) and `select`s a step's rows."""
+
+    blocks: list[dict[str, torch.Tensor]]  # per block: media stream -> (R, 6D)
+    final: dict[str, torch.Tensor]  # media stream -> (R, 2D)
+
+    @property
+    def rows(self) -> int:
+        return self.final["video"].shape[0]
+
+    def select(self, rows: torch.Tensor) -> "Modulation":
+        """The modulations of rows `rows` (long (K,)), in that order."""
+        return Modulation([{s: m[rows] for s, m in b.items()} for b in self.blocks],
+                          {s: m[rows] for s, m in self.final.items()})
+
+    def narrow(self, start: int, length: int) -> "Modulation":
+        """Rows start ... start + length - 1, as views (no copy)."""
+        return Modulation([{s: m.narrow(0, start, length) for s, m in b.items()} for b in self.blocks],
+                          {s: m.narrow(0, start, length) for s, m in self.final.items()})
+
+
+@dataclass
 class Layout:
     """Where each media stream sits in the media sequence, and the masks every block shares."""
 
     lengths: dict[str, int]  # media stream -> token count
-    rope: torch.Tensor  # (M, hd/2) angles of the media tokens (prompt tokens are not rotated)
+    rope: tuple[torch.Tensor, torch.Tensor]  # (cos, sin) (M, hd/2) of the media tokens' angles (prompt: unrotated)
     self_mask: torch.Tensor  # (B, 1, M, P + M) bool: media -> valid prompt tokens + same modality
     cross_mask: torch.Tensor  # (1, 1, M, M) bool over media tokens: video <-> audio only
     cross_keep: torch.Tensor  # (B, 1, 1) 1.0 where the cross-modal path is open for that sample
@@ -135,7 +165,8 @@ def build_layout(prompt_valid: torch.Tensor, num_media: int, times_s: torch.Tens
     cross_mask = (~same)[None, None]  # (1, 1, M, M)
     keep = torch.as_tensor(cross_modal, device=device).float().reshape(-1, 1, 1).expand(batch, 1, 1)  # (B, 1, 1)
     angles = rope_angles(times_s.to(device), head_dim, min_period_s, max_period_s)  # (N, hd/2)
-    return Layout(lengths, torch.cat([angles, angles]), self_mask, cross_mask, keep)
+    angles = torch.cat([angles, angles])  # (M, hd/2)
+    return Layout(lengths, (angles.cos(), angles.sin()), self_mask, cross_mask, keep)
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -160,8 +191,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.cross_gate = nn.ParameterDict({s: nn.Parameter(torch.zeros(dim)) for s in MEDIA})
 
-    def project(self, h: torch.Tensor, rope: torch.Tensor | None = None):
-        """(B, L, D) -> q, k, v (B, H, L, hd): QK-normed, and rotated by `rope` (L, hd/2) if given."""
+    def project(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """(B, L, D) -> q, k, v (B, H, L, hd): QK-normed, and rotated by `rope` ((cos, sin), each
+        (L, hd/2)) if given."""
         q, k, v = rearrange(self.qkv(h), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -200,14 +232,15 @@ class AVDiTBlock(nn.Module):
         self.ffn = nn.ModuleDict({s: feed_forward(dim, mlp_ratio) for s in STREAMS})
         self.ada = nn.ModuleDict({s: nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) for s in STREAMS})
 
-    def forward(self, x: dict[str, torch.Tensor], cond: dict[str, torch.Tensor], layout: Layout,
+    def forward(self, x: dict[str, torch.Tensor], modulation: dict[str, torch.Tensor], layout: Layout,
                 prompt_k: torch.Tensor, prompt_v: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{modality: (B, N, D)} -> {modality: (B, N, D)}, reading the prompt's keys and values.
+        """{modality: (B, N, D)} -> {modality: (B, N, D)}, with this block's AdaLN outputs
+        {modality: (B, 6D)} (see `Modulation`), reading the prompt's keys and values.
         Streams stay separate, contiguous tensors: each one's modulation broadcasts from (B, 1, D)
         instead of being expanded over its tokens, and only the attention input is concatenated (an
         A/B against the concatenated form, measured when the prompt stream still ran here: 3-10%
         faster on this CPU, identical outputs to 2e-6)."""
-        mod = {s: self.ada[s](cond[s])[:, None].chunk(6, dim=-1) for s in MEDIA}  # 6 x (B, 1, D)
+        mod = {s: modulation[s][:, None].chunk(6, dim=-1) for s in MEDIA}  # 6 x (B, 1, D)
         h = torch.cat([modulate(self.norm1(x[s]), *mod[s][:2]) for s in MEDIA], dim=1)  # (B, M, D)
         a = layout.split(self.attn(h, layout, prompt_k, prompt_v))  # {modality: (B, N, D)}
         return {s: self.ffn_residual(s, torch.addcmul(x[s], mod[s][2], a[s]), mod[s]) for s in MEDIA}
@@ -234,8 +267,9 @@ class FinalLayer(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.linear = nn.Linear(dim, out_dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(cond)[:, None].chunk(2, dim=-1)  # (B, 1, D) each
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens and this layer's AdaLN output `self.ada(cond)` (B, 2D) -> (B, N, out_dim)."""
+        shift, scale = modulation[:, None].chunk(2, dim=-1)  # (B, 1, D) each
         return self.linear(modulate(self.norm(x), shift, scale))  # (B, N, out_dim)
 
 
@@ -363,10 +397,19 @@ class AVDiT(ModelMixin, ConfigMixin):
             values.append(v)
         return PromptStates(keys, values, valid)
 
+    def modulation(self, t_video: torch.Tensor, t_audio: torch.Tensor, prompt_mask: torch.Tensor) -> Modulation:
+        """Every media AdaLN output for rows of noise levels t_video / t_audio (R,) and prompt masks
+        (R, P) (only their label counts matter): each layer's in one matmul over all R rows."""
+        cond = {m: self.add_count(self.t_embed(t), prompt_mask.bool()) for m, t in (("video", t_video),
+                                                                                   ("audio", t_audio))}
+        return Modulation([{s: block.ada[s](cond[s]) for s in MEDIA} for block in self.blocks],
+                          {m: self.final[m].ada(cond[m]) for m in MEDIA})
+
     def forward(self, video: torch.Tensor, audio: torch.Tensor, t_video: torch.Tensor, t_audio: torch.Tensor,
                 prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cross_modal: bool | torch.Tensor = True,
                 token_times: torch.Tensor | None = None, slots: torch.Tensor | None = None,
-                prompt_states: PromptStates | None = None) -> dict[str, torch.Tensor]:
+                prompt_states: PromptStates | None = None, modulation: Modulation | None = None
+                ) -> dict[str, torch.Tensor]:
         """Noisy tokens at their own noise levels -> predicted clean tokens {video, audio}.
 
         video (B, N, Dv), audio (B, N, Da), t_video / t_audio (B,) in [0, 1] (0 = clean),
@@ -375,6 +418,8 @@ class AVDiT(ModelMixin, ConfigMixin):
         slots: (B, N) timeline slot ids (see timeline.py; None = unknown; ignored by a model without the input),
         prompt_states: `encode_prompt_states(prompt_ids, prompt_mask)` of these same prompt rows,
         computed once by the caller (a sampler reuses it across steps); None computes it here.
+        modulation: `modulation(t_video, t_audio, prompt_mask)` of these rows, likewise (a sampler
+        computes all of its steps' at once); None computes it here.
         prompt_ids / prompt_mask are needed either way (label count, timeline labels).
         """
         batch, num_tokens = video.shape[:2]
@@ -389,11 +434,16 @@ class AVDiT(ModelMixin, ConfigMixin):
                              f"{len(self.blocks)}: encode them from this call's prompt_ids and prompt_mask")
         layout = build_layout(prompt_states.valid, num_tokens, times, self.head_dim, cross_modal,
                               self.config.rope_min_period_s, self.config.rope_max_period_s)
-        cond = {m: self.add_count(self.t_embed(t), prompt_mask) for m, t in (("video", t_video), ("audio", t_audio))}
+        if modulation is None:
+            modulation = self.modulation(t_video, t_audio, prompt_mask)
+        if modulation.rows != batch or len(modulation.blocks) != len(self.blocks):
+            raise ValueError(f"modulation holds {modulation.rows} rows over {len(modulation.blocks)} blocks; this "
+                             f"call has {batch} over {len(self.blocks)}: compute it from this call's t and prompt_mask")
         x = {"video": self.embed["video"](video), "audio": self.embed["audio"](audio)}
         if self.slot_embed is not None:
             timeline = self.embed_timeline(slots, prompt_ids, prompt_mask.bool(), batch, num_tokens)  # (B, N, D)
             x["video"], x["audio"] = x["video"] + timeline, x["audio"] + timeline
-        for block, k, v in zip(self.blocks, prompt_states.keys, prompt_states.values, strict=True):
-            x = block(x, cond, layout, k, v)  # {modality: (B, N, D)}
-        return {m: self.final[m](x[m], cond[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}
+        for block, mod, k, v in zip(self.blocks, modulation.blocks, prompt_states.keys, prompt_states.values,
+                                    strict=True):
+            x = block(x, mod, layout, k, v)  # {modality: (B, N, D)}
+        return {m: self.final[m](x[m], modulation.final[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}
