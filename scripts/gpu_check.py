@@ -78,7 +78,9 @@ def velocity_on(pipe: AVGenPipeline, device: str, x: dict, t: dict, prompts: dic
     with torch.no_grad():
         prompts = pipe.with_prompt_states({k: p.to(device) if isinstance(p, torch.Tensor) else
                                            tuple(v.to(device) for v in p) for k, p in prompts.items()})
-        x0 = pipe.predict_x0(move(x), move(t), prompts, guidance)
+        # the sampler's path: this step's AdaLN rows from a table built under the same autocast
+        table = pipe.modulation_table([{m: float(t[m][0]) for m in t}], prompts)
+        x0 = pipe.predict_x0(move(x), move(t), prompts, guidance, table)
     return {m: x0_to_velocity(x[m], x0[m].float().cpu(), t[m]) for m in x0}
 
 

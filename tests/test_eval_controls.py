@@ -141,6 +141,15 @@ def test_codec_round_trip_stays_at_the_real_floor(ds, judges, real):
     clip, truth = clips[0]
     assert clip.frames.shape == ds[500].frames.shape and clip.audio.shape == ds[500].audio.shape
     assert truth.video == [e.start_s for e in ds[500].events]
+    # the sound really went through the codec (Griffin-Lim phase: a new waveform) and kept its spectrum
+    from avgen.eval.suite import codec_of
+    from avgen.model.codec import spectral_snr_db
+    import torch
+
+    codec = codec_of(DEFAULT_WEIGHTS)
+    before, after = (torch.from_numpy(a)[None] for a in (ds[500].audio, clip.audio))
+    assert float((after - before).abs().max()) > 1e-2
+    assert spectral_snr_db(codec.magnitudes(before), codec.magnitudes(after)) > 15.0
     got = [analyse(AVSignal.from_clip(c), FAST, judges, c.prompt) for c, _ in clips]
     s = frechet_summary(got, real, n, repeats=5)
     for m in ("video", "audio"):
@@ -163,3 +172,7 @@ def test_codec_round_trip_refuses_another_clip_format(ds, tmp_path):
         control_clip(ds, 0, Control(codec=str(w)), 10, 0)
     with pytest.raises(ValueError, match="no transformer/config.json"):
         control_clip(ds, 0, Control(codec=str(tmp_path)), 10, 0)
+    cfg["clip_spec"]["fps"], cfg["codec"]["frames_per_token"] = 16, 2  # a shifted clip has 49 frames
+    (w / "transformer" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="not a whole number"):
+        control_clip(ds, 0, Control(shift_ms=62.5, codec=str(w)), 10, 0)

@@ -98,6 +98,41 @@ def test_prompt_stream_is_encoded_once_per_call_not_per_step(pipe, monkeypatch):
     assert mask[:4].sum(dim=1).tolist() == [2, 1, 0, 0] and torch.equal(mask[4:8], mask[:4])  # cond, uncond
 
 
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_modulation_table_gives_each_step_its_own_rows(sampler, monkeypatch):
+    """Sampling with the per-call AdaLN table equals sampling where every forward computes its own
+    (the old path), for each sampler, a batch of two prompts with a per-row negative prompt, a
+    guidance interval that skips the unconditional pass at some steps, the no-cross pass, and A2V."""
+    pipe = tiny_pipeline(sampler)
+    cases = [dict(prompt=["3 1", "7"], negative_prompt=["", "2"], guidance_scale=3.0, modality_scale=2.0,
+                  guidance_interval=(0.0, 0.5)),
+             dict(prompt=["4 2"], audio=np.random.default_rng(0).uniform(-0.3, 0.3, 8000).astype(np.float32))]
+    for kw in cases:
+        n = len(kw["prompt"])
+        run = lambda: pipe(**kw, num_inference_steps=4, output_type="latent",  # noqa: E731
+                           generator=[seeded(i) for i in range(n)])
+        table = run()
+        with monkeypatch.context() as m:
+            own = pipe.predict_x0
+            m.setattr(pipe, "predict_x0", lambda x, t, prompts, guidance, modulation=None: own(x, t, prompts, guidance))
+            direct = run()
+        for a, b in ((table.frames, direct.frames), (table.audio, direct.audio)):
+            assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) < 1e-4 * max(1.0, float(np.abs(np.asarray(b)).max()))
+
+
+def test_modulation_table_memory_is_bounded_by_rows_not_steps(monkeypatch):
+    """A long, wide call builds its table in chunks of at most TABLE_ROWS rows, not steps x rows at once."""
+    from avgen.model import pipeline as pl
+
+    pipe = tiny_pipeline()
+    sizes, modulation = [], pipe.transformer.modulation
+    monkeypatch.setattr(pipe.transformer, "modulation",
+                        lambda tv, ta, mask: sizes.append(len(tv)) or modulation(tv, ta, mask))
+    monkeypatch.setattr(pl, "TABLE_ROWS", 8)
+    pipe(["3", "4 5"], num_inference_steps=5, generator=[seeded(0), seeded(1)], output_type="latent")
+    assert sizes == [8, 8, 4]  # 2 steps x [cond | uncond] x 2 per chunk, then the last step
+
+
 def test_all_guidance_passes_run_as_one_forward_per_step(pipe, monkeypatch):
     spy = ForwardSpy(pipe, monkeypatch)
     pipe(["3", "4 5"], num_inference_steps=4, guidance_scale=3.0, modality_scale=2.0, guidance_interval=(0.0, 1.0),

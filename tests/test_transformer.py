@@ -171,6 +171,10 @@ def test_modulation_table_over_steps_gives_the_same_prediction():
                 for m in ("video", "audio"):
                     err = float((cached[m] - direct[m]).abs().max() / direct[m].abs().max())
                     assert err < 1e-5, (i, m, err)  # rounding of a batched vs a one-row matmul
+        # the table is what the forward uses: another step's rows give another prediction
+        case = dict(x, t_video=sigmas[0].repeat(2), t_audio=torch.zeros(2))
+        other = model(**case, modulation=table.select(torch.arange(8, 10)))["video"]
+        assert (other - model(**case)["video"]).abs().max() > 1e-2
         with pytest.raises(ValueError, match="compute it from this call"):
             model(**x, modulation=table)  # 12 rows for a call of 2
 

@@ -47,7 +47,8 @@ def register(sub) -> None:
     g = p.add_argument_group("a model")
     g.add_argument("--generate", type=whole(1, 100_000), default=None, metavar="N",
                    help="generate N clips and evaluate them")
-    g.add_argument("--weights", default=None, help="model weights folder (for --generate)")
+    g.add_argument("--weights", default=None,
+                   help="model weights folder (for --generate, or the codec of --codec-roundtrip)")
     g.add_argument("--steps", type=whole(1, 1000), default=d.steps, help="sampling steps (for --generate)")
     g.add_argument("--duration", type=number(0.25, 60.0), default=None,
                    help="seconds per generated clip (default: the model's training duration)")
@@ -87,6 +88,11 @@ def mode_of(args) -> str:
     if controls and mode != "dataset":
         raise UsageError("--shift-ms, --swap-audio, --random-events, --corrupt and --codec-roundtrip apply to "
                          "--dataset clips only")
+    if args.codec_roundtrip and args.corrupt:
+        raise UsageError("--codec-roundtrip measures real clips through the codec; --corrupt replaces them: "
+                         "give one")
+    if args.weights is not None and mode == "dataset" and not args.codec_roundtrip:
+        raise UsageError("--weights applies to --generate and --codec-roundtrip (dataset clips need no model)")
     if mode == "generate" and (args.weights is None or args.generate < 1):
         raise UsageError("--generate N needs N >= 1 and --weights DIR")
     if args.prompts and mode != "files":

@@ -364,6 +364,10 @@ def codec_clip(clip: Clip, codec) -> Clip:
     if (clip.fps, clip.sample_rate, clip.frames.shape[1:]) != (s.fps, s.sample_rate, (s.height, s.width, s.channels)):
         raise ValueError(f"the codec is for {s.fps} fps, {s.sample_rate} Hz, {s.height}x{s.width}x{s.channels} "
                          f"frames; the clips are {clip.fps} fps, {clip.sample_rate} Hz, {clip.frames.shape[1:]}")
+    per_token = codec.cfg.frames_per_token
+    if clip.num_frames % per_token or len(clip.audio) != clip.num_frames * s.samples_per_frame:
+        raise ValueError(f"a clip of {clip.num_frames} frames and {len(clip.audio)} samples is not a whole number "
+                         f"of the codec's {per_token}-frame tokens of {s.samples_per_frame} samples per frame")
     with torch.no_grad():
         tokens = codec.encode(torch.from_numpy(clip.frames)[None], torch.from_numpy(clip.audio)[None])
         frames, audio = codec.decode(tokens)

@@ -54,6 +54,7 @@ SAMPLERS: dict[str, Callable[[], object]] = {
     "dpm++": lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
                                                  algorithm_type="dpmsolver++", solver_order=2),
 }
+TABLE_ROWS = 256  # rows of AdaLN outputs built at once (steps x [cond | uncond] x batch): ~20 MB for AVDiT-S
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "avgen"
 # Prompt guidance acts below noise level 0.8 only. Measured on the shipped weights (100 clips, the same
 # prompts and seeds, `avgen eval --generate 100 --frechet --guidance-interval 0 HI`): HI = 1 -> 20 empty
@@ -264,9 +265,10 @@ class AVGenPipeline(DiffusionPipeline):
             return {**prompts, "states": self.transformer.encode_prompt_states(ids, mask)}
 
     def modulation_table(self, t_steps: list[dict[str, float]], prompts: dict) -> Modulation:
-        """The media streams' AdaLN outputs for every step's [cond | uncond] rows (step i: rows
-        i * 2B ... (i + 1) * 2B), computed at once: they depend only on each row's noise levels and
-        label count, both known before the loop. One matmul per layer replaces one per layer per step."""
+        """The media streams' AdaLN outputs for the [cond | uncond] rows of the steps in `t_steps`
+        (its step i: rows i * 2B ... (i + 1) * 2B), computed at once: they depend only on each row's
+        noise levels and label count, both known before the loop. One matmul per layer replaces one
+        per layer per step. `denoise` builds it for up to TABLE_ROWS rows at a time."""
         mask = torch.cat([prompts["cond"][1], prompts["uncond"][1]])  # (2B, P)
         per_step = mask.shape[0]
         device = mask.device
@@ -379,11 +381,13 @@ class AVGenPipeline(DiffusionPipeline):
         # each scheduler's own sigma for each step (Heun repeats them, DPM rounds timesteps)
         t_steps = [{m: float(schedulers[m].sigmas[i]) if m in noisy else 0.0 for m in MEDIA}
                    for i in range(len(timesteps))]
-        table = self.modulation_table(t_steps, prompts)
+        chunk = max(1, TABLE_ROWS // (2 * batch))  # steps per AdaLN table: its memory is bounded by rows
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, step_t in enumerate(timesteps):
+                if i % chunk == 0:
+                    table = self.modulation_table(t_steps[i:i + chunk], prompts)
                 t = {m: torch.full((batch,), t_steps[i][m], device=self._execution_device) for m in MEDIA}
-                x0 = self.predict_x0(x, t, prompts, guidance, table.narrow(2 * batch * i, 2 * batch))
+                x0 = self.predict_x0(x, t, prompts, guidance, table.narrow(2 * batch * (i % chunk), 2 * batch))
                 for m in noisy:
                     v = x0_to_velocity(x[m], x0[m], t[m])
                     x[m] = schedulers[m].step(v, step_t, x[m], return_dict=False)[0]

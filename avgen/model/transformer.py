@@ -113,11 +113,13 @@ class PromptStates:
 @dataclass
 class Modulation:
     """Every AdaLN output of the media streams, per batch row: what a row's noise levels and label
-    count make of each block's and each final layer's (shift, scale, gate) vectors.
+    count make of each block's (shift, scale, gate) x 2 vectors and each final layer's (shift, scale).
 
     They depend on nothing else, so a sampler computes them for all of its steps and guidance rows
     at once (`AVDiT.modulation`: one matmul per layer instead of one tiny one per layer per step,
-    each of which streamed the layer's whole weight for 1-2 rows) and `select`s a step's rows."""
+    each of which streamed the layer's whole weight for 1-2 rows), `narrow`s to a step's rows and
+    `select`s its passes'. Like `PromptStates`, they belong to the weights, dtype (autocast) and
+    grad mode they were computed under."""
 
     blocks: list[dict[str, torch.Tensor]]  # per block: media stream -> (R, 6D)
     final: dict[str, torch.Tensor]  # media stream -> (R, 2D)
