@@ -170,7 +170,7 @@ def test_codec_round_trip_refuses_another_clip_format(ds, tmp_path):
     (w / "transformer" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="the codec is for 8 fps"):
         control_clip(ds, 0, Control(codec=str(w)), 10, 0)
-    with pytest.raises(ValueError, match="no transformer/config.json"):
+    with pytest.raises(ValueError, match="no usable transformer/config.json"):
         control_clip(ds, 0, Control(codec=str(tmp_path)), 10, 0)
     cfg["clip_spec"]["fps"], cfg["codec"]["frames_per_token"] = 16, 2  # a shifted clip has 49 frames
     (w / "transformer" / "config.json").write_text(json.dumps(cfg))

@@ -348,11 +348,14 @@ def corrupt_clip(clip: Clip, how: str, rng: np.random.Generator) -> Clip:
 def codec_of(weights) -> "AVCodec":
     """The fixed codec of the model at `weights` (its stored config; the network is not loaded)."""
     from avgen.model.codec import AVCodec
+    from avgen.model.transformer import AVDiT
 
-    path = Path(weights) / "transformer" / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{weights} holds no transformer/config.json (give a model weights folder)")
-    return AVCodec.from_config(json.loads(path.read_text()))
+    try:  # the same reader as the pipeline and the weights check
+        config = AVDiT.load_config(Path(weights) / "transformer", local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{weights} holds no usable transformer/config.json (give a model weights folder): "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return AVCodec.from_config(config)
 
 
 def codec_clip(clip: Clip, codec) -> Clip:

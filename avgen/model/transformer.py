@@ -128,15 +128,18 @@ class Modulation:
     def rows(self) -> int:
         return self.final["video"].shape[0]
 
+    def rows_by(self, pick) -> "Modulation":
+        """Every table with `pick` applied to it (a function of an (R, .) tensor)."""
+        return Modulation([{s: pick(m) for s, m in b.items()} for b in self.blocks],
+                          {s: pick(m) for s, m in self.final.items()})
+
     def select(self, rows: torch.Tensor) -> "Modulation":
         """The modulations of rows `rows` (long (K,)), in that order."""
-        return Modulation([{s: m[rows] for s, m in b.items()} for b in self.blocks],
-                          {s: m[rows] for s, m in self.final.items()})
+        return self.rows_by(lambda m: m[rows])
 
     def narrow(self, start: int, length: int) -> "Modulation":
         """Rows start ... start + length - 1, as views (no copy)."""
-        return Modulation([{s: m.narrow(0, start, length) for s, m in b.items()} for b in self.blocks],
-                          {s: m.narrow(0, start, length) for s, m in self.final.items()})
+        return self.rows_by(lambda m: m.narrow(0, start, length))
 
 
 @dataclass
