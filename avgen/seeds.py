@@ -5,7 +5,7 @@ One preset per file, `seeds/<name>.json`:
 
     {"name": "3-1-4", "prompt": "3 1 4", "seed": 7,
      "settings": {"steps": 25, "sampler": "euler", "guidance_scale": 6.0,
-                  "audio_guidance_scale": null, "modality_scale": 1.0, "guidance_interval": [0.0, 0.8]},
+                  "audio_guidance_scale": null, "modality_scale": 1.0, "guidance_interval": [0.1, 0.8]},
      "metrics": {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0,
                  "onset_f1": 1.0, "abs_offset_ms": 4.2, "offset_confidence": 0.61}}
 

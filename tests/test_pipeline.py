@@ -264,6 +264,12 @@ def test_guidance_acts_only_inside_its_noise_interval(pipe, monkeypatch):
     assert np.array_equal(default.frames, pipe("3 1", num_inference_steps=6, guidance_scale=4.0, generator=seeded(),
                                                guidance_interval=DEFAULT_GUIDANCE_INTERVAL).frames)
     assert GenerateSettings().check().guidance_interval == DEFAULT_GUIDANCE_INTERVAL
+    spy.calls.clear()  # from text, by default: unguided at the first (high-noise) steps and at the last ones
+    pipe("3 1", num_inference_steps=25, guidance_scale=4.0, generator=seeded())
+    lo, hi = DEFAULT_GUIDANCE_INTERVAL
+    sizes = [(float(c["t_video"][0]), c["video"].shape[0]) for c in spy.calls]
+    assert all(n == (2 if lo <= t <= hi else 1) for t, n in sizes)
+    assert lo > 0 and sizes[-1][1] == 1 and sizes[0][1] == 1 and 2 in {n for _, n in sizes}
     assert GenerateSettings(mode="a2v").check().guidance_interval == (0.0, 1.0)
     assert GenerateSettings(mode="a2v", guidance_interval=(0.1, 0.5)).check().guidance_interval == (0.1, 0.5)
     spy.calls.clear()
