@@ -159,6 +159,31 @@ def test_codec_round_trip_stays_at_the_real_floor(ds, judges, real):
     assert np.mean(read) >= 0.9
 
 
+def test_renoise_goes_through_the_model_from_the_clip_itself(ds, judges):
+    from avgen.eval.suite import renoise_model
+
+    with pytest.raises(ValueError, match="renoise needs a model"):
+        Control(renoise=0.3)
+    with pytest.raises(ValueError, match="renoise needs a model"):
+        Control(codec=str(DEFAULT_WEIGHTS), renoise=1.0)
+    pipe = renoise_model(Control(codec=str(DEFAULT_WEIGHTS), renoise=0.3))
+    index = range(500, 504)
+    round_trip = [control_clip(ds, i, Control(codec=str(DEFAULT_WEIGHTS)), 10_000, 0)[0] for i in index]
+    # below the schedule's last noise level nothing is sampled: the codec round trip, through the pipeline
+    untouched, truth = control_clip(ds, 500, Control(codec=str(DEFAULT_WEIGHTS), renoise=0.0005), 10_000, 0, pipe)
+    assert truth.video == [e.start_s for e in ds[500].events]
+    np.testing.assert_allclose(untouched.frames, round_trip[0].frames, atol=1e-6)
+    np.testing.assert_allclose(untouched.audio, round_trip[0].audio, atol=1e-4)
+    renoised = [control_clip(ds, i, Control(codec=str(DEFAULT_WEIGHTS), renoise=0.3), 10_000, 0, pipe)[0]
+                for i in index]
+    for got, rt in zip(renoised, round_trip):
+        assert got.frames.shape == rt.frames.shape and got.audio.shape == rt.audio.shape
+        assert float(np.abs(got.audio - rt.audio).max()) > 1e-2  # the model's own sound
+    read = [analyse(AVSignal.from_clip(c), FAST, judges, c.prompt).record for c in renoised]
+    assert np.mean([r["audio_digits"] == c.prompt.split() for r, c in zip(read, renoised)]) >= 0.75
+    assert np.mean([r["video_digits"] == c.prompt.split() for r, c in zip(read, renoised)]) >= 0.75
+
+
 def test_codec_round_trip_refuses_another_clip_format(ds, tmp_path):
     import json
     import shutil

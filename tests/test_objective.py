@@ -48,10 +48,29 @@ def test_sample_times_distribution():
     assert float(torch.logit(other[other > 0]).mean()) == pytest.approx(0.0, abs=0.05)
 
 
+def test_low_noise_share():
+    base = sample_times(20_000, torch.Generator().manual_seed(0))
+    cfg = ObjectiveConfig(p_low=0.3, t_low=0.2)
+    t = sample_times(20_000, torch.Generator().manual_seed(0), cfg)
+    assert torch.equal(t["video"] == 0, base["video"] == 0)  # the same samples held clean: drawn before
+    for m in ("video", "audio"):
+        moved = (t[m] != base[m]) & (t[m] > 0)
+        assert float(moved.float().mean()) == pytest.approx(0.3 * 0.85, abs=0.015)
+        assert float(t[m][moved].max()) < 0.2 and float(t[m][moved].min()) > 0
+        # uniform in (0, t_low): a quarter of the moved draws below t_low / 4
+        assert float((t[m][moved] < 0.05).float().mean()) == pytest.approx(0.25, abs=0.02)
+    assert not bool(((t["video"] == 0) & (t["audio"] == 0)).any())
+    with pytest.raises(ValueError, match="p_low"):
+        ObjectiveConfig(p_low=1.5)
+    with pytest.raises(ValueError, match="t_low"):
+        ObjectiveConfig(t_low=0.0)
+
+
 def test_per_sample_generators_make_draws_independent_of_the_batch():
-    both = sample_times(2, gens([0, 1]))
-    alone = sample_times(1, gens([1]))
-    assert torch.equal(both["video"][1:], alone["video"]) and torch.equal(both["audio"][1:], alone["audio"])
+    for cfg in (ObjectiveConfig(), ObjectiveConfig(p_low=0.5)):
+        both = sample_times(2, gens([0, 1]), cfg)
+        alone = sample_times(1, gens([1]), cfg)
+        assert torch.equal(both["video"][1:], alone["video"]) and torch.equal(both["audio"][1:], alone["audio"])
 
 
 def test_encode_prompts():

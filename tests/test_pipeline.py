@@ -182,6 +182,53 @@ def test_video_to_audio_holds_video_fixed(pipe, monkeypatch):
     assert out.audio.shape == (1, 8000) and np.abs(out.audio).max() > 0
 
 
+def test_strength_starts_from_the_init_tokens_noised_to_that_level(pipe, monkeypatch):
+    rng = np.random.default_rng(0)
+    frames = rng.random((16, 32, 32, 1)).astype(np.float32)
+    audio = (0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.float32)
+    spy = ForwardSpy(pipe, monkeypatch)
+    out = pipe("3", init_video=frames, init_audio=audio, strength=0.3, num_inference_steps=10,
+               generator=seeded(), output_type="latent")
+    pipe.scheduler.set_timesteps(10)
+    kept = [float(s) for s in pipe.scheduler.sigmas if 0 < s <= 0.3]
+    assert [float(c["t_audio"][0]) for c in spy.calls] == pytest.approx(kept)  # only the steps below 0.3
+    assert all(torch.equal(c["t_video"], c["t_audio"]) for c in spy.calls)
+    clean = pipe.codec.encode(torch.from_numpy(frames)[None], torch.from_numpy(audio)[None])
+    first, s = spy.calls[0], kept[0]  # the first kept level: the init's own tokens noised to it
+    # mixed with the noise a text-to-AV call draws from the same generator (video, then audio)
+    gen = seeded()
+    nv = torch.randn((1, 16, pipe.codec.dims["video"]), generator=gen)
+    na = torch.randn((1, 16, pipe.codec.dims["audio"]), generator=gen)
+    torch.testing.assert_close(first["video"][:1], (1 - s) * clean["video"] + s * nv)
+    torch.testing.assert_close(first["audio"][:1], (1 - s) * clean["audio"] + s * na)
+    assert out[0].shape == clean["video"].shape
+    # strength 1: the init is ignored, the call is plain text-to-AV
+    a = pipe("3", init_audio=audio, init_video=frames, strength=1.0, num_inference_steps=3, generator=seeded())
+    b = pipe("3", num_inference_steps=3, generator=seeded())
+    assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    # below the schedule's last noise level (0.001) no step is left: the init's own tokens come back
+    none_left = pipe("3", init_video=frames, init_audio=audio, strength=0.0005, num_inference_steps=10,
+                     generator=seeded(), output_type="latent")
+    assert torch.equal(none_left[0], clean["video"]) and torch.equal(none_left[1], clean["audio"])
+
+
+def test_strength_refuses_what_it_cannot_do(pipe):
+    audio = np.zeros(8000, np.float32)
+    frames = np.zeros((16, 32, 32, 1), np.float32)
+    with pytest.raises(ValueError, match="init_video"):  # video would start at 0.5 from pure noise
+        pipe("3", init_audio=audio, strength=0.5, num_inference_steps=2)
+    with pytest.raises(ValueError, match="give one"):
+        pipe("3", audio=audio, init_audio=audio, init_video=frames, strength=0.5, num_inference_steps=2)
+    for bad in (0, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="strength"):
+            pipe("3", init_audio=audio, init_video=frames, strength=bad, num_inference_steps=2)
+    with pytest.raises(ValueError, match="euler"):
+        tiny_pipeline("heun")("3", init_audio=audio, init_video=frames, strength=0.5, num_inference_steps=2)
+    # one modality held clean, the other re-noised: allowed
+    out = pipe("3", video=frames, init_audio=audio, strength=0.5, num_inference_steps=4, generator=seeded())
+    assert np.array_equal(out.frames[0], frames)
+
+
 def test_bad_requests_raise(pipe):
     with pytest.raises(ValueError, match="unknown label"):
         pipe("3 x", num_inference_steps=1)

@@ -180,6 +180,19 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     assert [m["step"] for m in metrics(tmp_path / "crashed")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_resume_trains_at_the_changed_peak_lr(tmp_path):
+    cfg = tiny(steps=4, ckpt_every=2, lr_schedule="wsd", decay_steps=2)  # warmup 2, cooldown over steps 3-4
+    train(cfg, tmp_path / "run", device="cpu", progress_bar=False)
+    result = train(cfg.override({"steps": 6, "lr": 5e-4}), tmp_path / "run", resume=True, device="cpu",
+                   progress_bar=False)
+    assert result.step == 6
+    lrs = {m["step"]: m["lr"] for m in metrics(tmp_path / "run")}
+    assert lrs[2] == pytest.approx(1e-3)  # before the resume: the first config's peak
+    resumed = cfg.override({"steps": 6, "lr": 5e-4})  # cooldown over steps 5-6 now, from the new peak
+    assert [lrs[5], lrs[6]] == pytest.approx([5e-4 * lr_factor(s - 1, resumed) for s in (5, 6)])
+    assert lrs[5] == pytest.approx(5e-4 * 0.55)
+
+
 def test_non_finite_loss_skips_the_update_and_is_logged(tmp_path, monkeypatch):
     real_load = loop.load_batch
 

@@ -2,7 +2,7 @@
 
     avgen eval PATH [PATH ...] --json OUT.json [--prompts MANIFEST.json]
     avgen eval --dataset talking-digits --split test --n 200 --json OUT.json [--shift-ms MS | --swap-audio |
-               --random-events | --corrupt noise|shuffle | --codec-roundtrip] [--frechet]
+               --random-events | --corrupt noise|shuffle | --codec-roundtrip | --renoise T] [--frechet]
     avgen eval --generate N --weights DIR --json OUT.json [--duration S] [--dataset shapes]
     avgen eval --generate N --weights DIR --mode a2v|v2a [--no-prompt]     # from real test audio / video
 
@@ -42,6 +42,9 @@ def register(sub) -> None:
     g.add_argument("--codec-roundtrip", action="store_true",
                    help="both modalities through the model's codec (of --weights, default: the shipped "
                    "weights), encode -> decode: the representation's ceiling")
+    g.add_argument("--renoise", type=number(0.001, 0.999), default=None, metavar="T",
+                   help="both modalities noised to level T (1 = pure noise) and denoised by the model of "
+                   "--weights (default: the shipped weights): where along the noise scale it loses real clips")
     g.add_argument("--frechet", action="store_true",
                    help="also FD / KID against 2N other real clips, with the real-vs-real floor")
     g = p.add_argument_group("a model")
@@ -84,15 +87,19 @@ def mode_of(args) -> str:
     if len(modes) != 1:
         raise UsageError("give video PATHs, or --dataset NAME, or --generate N --weights DIR (exactly one)")
     mode = modes[0]
-    controls = args.shift_ms or args.swap_audio or args.random_events or args.corrupt or args.codec_roundtrip
+    through_model = args.codec_roundtrip or args.renoise is not None
+    controls = args.shift_ms or args.swap_audio or args.random_events or args.corrupt or through_model
     if controls and mode != "dataset":
-        raise UsageError("--shift-ms, --swap-audio, --random-events, --corrupt and --codec-roundtrip apply to "
-                         "--dataset clips only")
-    if args.codec_roundtrip and args.corrupt:
-        raise UsageError("--codec-roundtrip measures real clips through the codec; --corrupt replaces them: "
-                         "give one")
-    if args.weights is not None and mode == "dataset" and not args.codec_roundtrip:
-        raise UsageError("--weights applies to --generate and --codec-roundtrip (dataset clips need no model)")
+        raise UsageError("--shift-ms, --swap-audio, --random-events, --corrupt, --codec-roundtrip and --renoise "
+                         "apply to --dataset clips only")
+    if through_model and args.corrupt:
+        raise UsageError("--codec-roundtrip / --renoise measure real clips through the model's codec; --corrupt "
+                         "replaces them: give one")
+    if args.codec_roundtrip and args.renoise is not None:
+        raise UsageError("--renoise already goes through the codec: drop --codec-roundtrip")
+    if args.weights is not None and mode == "dataset" and not through_model:
+        raise UsageError("--weights applies to --generate, --codec-roundtrip and --renoise (dataset clips need no "
+                         "model)")
     if mode == "generate" and (args.weights is None or args.generate < 1):
         raise UsageError("--generate N needs N >= 1 and --weights DIR")
     if args.prompts and mode != "files":
@@ -107,7 +114,7 @@ def mode_of(args) -> str:
         raise UsageError("--no-prompt needs --mode a2v or v2a (t2av from no prompt has nothing to score)")
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name such as {args.json / 'eval.json'}")
-    if mode == "generate" or (args.codec_roundtrip and args.weights is not None):
+    if mode == "generate" or (through_model and args.weights is not None):
         from avgen.train.checkpoint import check_weights_folder
         check_weights_folder(args.weights)
     return mode
@@ -177,10 +184,10 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
         return suite.file_items(args.paths, suite.read_manifest(args.prompts) if args.prompts else None)
     if mode == "dataset":
         codec = None
-        if args.codec_roundtrip:
+        if args.codec_roundtrip or args.renoise is not None:
             from avgen.model.pipeline import DEFAULT_WEIGHTS
             codec = str(args.weights or DEFAULT_WEIGHTS)
-        control = suite.Control(args.shift_ms, args.swap_audio, args.random_events, args.corrupt, codec)
+        control = suite.Control(args.shift_ms, args.swap_audio, args.random_events, args.corrupt, codec, args.renoise)
         meta.update(dataset=args.dataset, split=args.split, control=control.describe())
         return suite.dataset_items(args.dataset, args.split, args.n, work / "clips", control, args.seed, args.data_root)
     meta.update(weights=str(args.weights), dataset=reference_name(args), generate_mode=args.mode,

@@ -281,8 +281,12 @@ class Control:
     corrupt: str | None = None  # "noise" | "shuffle": Frechet controls (no ground truth kept)
     codec: str | None = None  # a weights folder: both modalities through its codec, encode -> decode
     # (the representation's ceiling: what a model that denoised perfectly would still lose)
+    renoise: float | None = None  # with codec: both modalities noised to this level and denoised by
+    # that model (SDEdit): what its steps below the level keep of real clips
 
     def __post_init__(self):
+        if self.renoise is not None and not (self.codec and 0 < self.renoise < 1):
+            raise ValueError(f"renoise needs a model (codec=WEIGHTS) and a noise level in (0, 1), got {self.renoise!r}")
         if self.corrupt not in (None, "noise", "shuffle"):
             raise ValueError(f"corrupt must be 'noise' or 'shuffle', got {self.corrupt!r}")
         if abs(self.shift_ms) >= 3000:
@@ -292,7 +296,10 @@ class Control:
         parts = [f"shift {self.shift_ms:+g} ms"] if self.shift_ms else []
         parts += ["swapped audio"] * self.swap_audio + ["random audio events"] * self.random_events
         parts += [f"corrupt={self.corrupt}"] if self.corrupt else []
-        parts += [f"codec round trip ({self.codec})"] if self.codec else []
+        if self.renoise is not None:
+            parts += [f"re-noised to t = {self.renoise:g} and denoised ({self.codec})"]
+        elif self.codec:
+            parts += [f"codec round trip ({self.codec})"]
         return ", ".join(parts) or "none"
 
 
@@ -358,6 +365,14 @@ def codec_of(weights) -> "AVCodec":
     return AVCodec.from_config(config)
 
 
+def renoise_model(control: Control):
+    from avgen.model.pipeline import load_pipeline
+
+    pipe = load_pipeline(control.codec)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def codec_clip(clip: Clip, codec) -> Clip:
     """Both modalities encoded to the model's tokens and decoded back, on the clip's own events:
     any clip the model could make is at best this. Refuses a codec built for another clip format."""
@@ -378,9 +393,23 @@ def codec_clip(clip: Clip, codec) -> Clip:
                 dict(clip.meta))
 
 
+def renoised_clip(clip: Clip, pipe, strength: float, seed: int) -> Clip:
+    """Both modalities of `clip` noised to level `strength` and denoised by `pipe` from there, with the
+    clip's prompt, its own timeline and the default settings (`AVGenPipeline`'s `strength`)."""
+    import torch
+
+    from avgen.model.pipeline import GenerateSettings
+
+    out = pipe(clip.prompt, init_video=clip.frames, init_audio=clip.audio, strength=strength,
+               guidance_scale=GenerateSettings.guidance_scale, generator=torch.Generator().manual_seed(seed))
+    return Clip(out.frames[0], out.audio[0].astype(np.float32), clip.fps, clip.sample_rate, clip.events, clip.prompt,
+                dict(clip.meta))
+
+
 def control_clip(ds, index: int, control: Control, n: int, seed: int, codec=None) -> tuple[Clip, Truth | None]:
     """Clip `index` of the dataset with the control applied, and its ground truth. `codec` is
-    the codec that `control.codec` names (loaded once by the caller; loaded here when None)."""
+    the codec that `control.codec` names, or for `control.renoise` its pipeline (loaded once by the
+    caller; loaded here when None)."""
     clip = ds[index]
     video_truth = [e.start_s for e in clip.events]
     audio, audio_truth = clip.audio, list(video_truth)
@@ -395,7 +424,10 @@ def control_clip(ds, index: int, control: Control, n: int, seed: int, codec=None
         out, video_delay, audio_delay = shift_clip(out, control.shift_ms)
         video_truth = [t + video_delay for t in video_truth]
         audio_truth = [t + audio_delay for t in audio_truth]
-    if control.codec:
+    if control.renoise is not None:
+        pipe = codec if codec is not None else renoise_model(control)
+        out = renoised_clip(out, pipe, control.renoise, int(rng.integers(2 ** 31)))
+    elif control.codec:
         out = codec_clip(out, codec if codec is not None else codec_of(control.codec))
     if control.corrupt:
         return corrupt_clip(out, control.corrupt, rng), None
@@ -411,7 +443,9 @@ def dataset_items(name: str, split: str, n: int, out_dir: Path, control: Control
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     ds = make_dataset(name, split=split, seed=seed, data_root=data_root)
-    codec = codec_of(control.codec) if control.codec else None
+    codec = None  # loaded once for all clips: the pipeline for renoise, else the codec alone
+    if control.codec:
+        codec = renoise_model(control) if control.renoise is not None else codec_of(control.codec)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for k in range(n):

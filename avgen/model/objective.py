@@ -40,6 +40,11 @@ class ObjectiveConfig:
     p_drop_cross: float = 0.1
     p_drop_timeline: float = 0.3  # models with a timeline input: how often it is withheld (so --no-timeline works)
     t_min: float = 0.05  # clamp of t in v_pred = (x_t - x0_pred) / t (bounds the weight at 1/t_min^2)
+    # A share of each modality's times drawn uniform in (0, t_low) instead: the logit-normal above
+    # puts only 6% of draws below t = 0.3, where a clip's fine detail (a voice's dynamics inside
+    # an event) is written. 0 = off, and then no extra random draws are made (old runs replay).
+    p_low: float = 0.0
+    t_low: float = 0.3
 
     def __post_init__(self):
         if not 0 <= 2 * self.p_clean <= 1:
@@ -49,6 +54,10 @@ class ObjectiveConfig:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if not 0 < self.t_min < 1:
             raise ValueError(f"t_min must lie in (0, 1), got {self.t_min}")
+        if not 0 <= self.p_low <= 1:
+            raise ValueError(f"p_low must lie in [0, 1], got {self.p_low}")
+        if not 0 < self.t_low <= 1:
+            raise ValueError(f"t_low must lie in (0, 1], got {self.t_low}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,9 +85,14 @@ def _normal(generator: Generator, shape: tuple[int, ...], device) -> torch.Tenso
 
 def sample_times(batch: int, generator: Generator, cfg: ObjectiveConfig = ObjectiveConfig(),
                  device="cpu") -> dict[str, torch.Tensor]:
-    """{video, audio}: (B,) noise levels; logit-normal each, one modality set to 0 with p_clean."""
+    """{video, audio}: (B,) noise levels; logit-normal each (a share p_low uniform in (0, t_low)
+    instead), one modality set to 0 with p_clean."""
     t = {m: torch.sigmoid(cfg.t_mean + cfg.t_std * _normal(generator, (batch,), device)) for m in MEDIA}
     u = _uniform(generator, batch, device)  # one draw decides which modality (if any) is held clean
+    if cfg.p_low > 0:  # drawn after u, so p_low = 0 leaves every other draw of a run as it was
+        for m in MEDIA:
+            low = _uniform(generator, batch, device) < cfg.p_low
+            t[m] = torch.where(low, cfg.t_low * _uniform(generator, batch, device), t[m])
     clean = {"video": u < cfg.p_clean, "audio": (u >= cfg.p_clean) & (u < 2 * cfg.p_clean)}
     return {m: torch.where(clean[m], torch.zeros_like(t[m]), t[m]) for m in MEDIA}
 

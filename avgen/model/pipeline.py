@@ -21,6 +21,11 @@ step's noise levels and each row's label count).
 
 Audio-to-video / video-to-audio: `audio=` / `video=` hold that modality clean (t = 0) for every
 pass and every step; it is returned bit-identical, and only the other modality is sampled.
+
+Re-noising (SDEdit, Meng et al. 2022): `init_audio=` / `init_video=` with `strength` < 1 start that
+modality from its own tokens noised to level `strength` and sample only the steps below it. On real
+clips it measures where along the noise scale a model loses a modality's statistics
+(`avgen eval --dataset talking-digits --renoise T`).
 """
 from __future__ import annotations
 
@@ -313,15 +318,20 @@ class AVGenPipeline(DiffusionPipeline):
                  guidance_interval: tuple[float, float] | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  latents: torch.Tensor | None = None, audio_latents: torch.Tensor | None = None,
-                 audio=None, video=None, output_type: str = "np", return_dict: bool = True,
+                 audio=None, video=None, init_audio=None, init_video=None, strength: float = 1.0,
+                 output_type: str = "np", return_dict: bool = True,
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents", "audio_latents"),
                  timeline="auto"):
         """Generate clips. `prompt` is a label sequence ("3 1 4") or a list of them (a batch);
         `audio=` (S,) / (B, S) or `video=` (T, H, W, C) / (B, ...) in [0, 1] hold that modality clean.
+        `init_audio=` / `init_video=` (same shapes) with `strength` in (0, 1): that modality starts from its
+        own tokens noised to level `strength` (euler only; every sampled modality needs one).
         Returns `AVGenPipelineOutput` (or a tuple (frames, audio) with return_dict=False).
         """
         self.check_inputs(output_type, num_inference_steps, audio, video)
+        init_given = {"video": init_video is not None, "audio": init_audio is not None}
+        self.check_strength(strength, init_given, {"video": video is not None, "audio": audio is not None})
         check_scales(guidance_scale=guidance_scale, audio_guidance_scale=audio_guidance_scale,
                      modality_scale=modality_scale, audio_modality_scale=audio_modality_scale)
         batch = len(prompt) if isinstance(prompt, list) else (len(generator) if isinstance(generator, list) else 1)
@@ -329,20 +339,23 @@ class AVGenPipeline(DiffusionPipeline):
         self.codec.to(device)
         num_tokens = self.codec.num_tokens(duration_s)
         given = self.encode_given(video, audio, batch, num_tokens, device)
+        init = self.encode_given(init_video, init_audio, batch, num_tokens, device) if strength < 1 else {}
+        # the timeline is read from a clean modality, else from the re-noised ones (their events stay put)
+        read = (init_video, init_audio) if init and not given else (video, audio)
         interval = default_interval(bool(given)) if guidance_interval is None else guidance_interval
         guidance = Guidance(guidance_scale, guidance_scale if audio_guidance_scale is None else audio_guidance_scale,
                             modality_scale, modality_scale if audio_modality_scale is None else audio_modality_scale,
                             check_interval(interval))
         prompts = {"cond": self.encode_prompt(prompt, batch, device),
                    "uncond": self.encode_prompt(negative_prompt, batch, device),
-                   "slots": self.prepare_timeline(timeline, prompt, batch, num_tokens, generator, video, audio, device)}
+                   "slots": self.prepare_timeline(timeline, prompt, batch, num_tokens, generator, *read, device)}
         prompts = self.with_prompt_states(prompts)
         dims = self.codec.dims
         x = {"video": self.prepare_latents(latents, (batch, num_tokens, dims["video"]), generator, device),
              "audio": self.prepare_latents(audio_latents, (batch, num_tokens, dims["audio"]), generator, device),
              **given}
         x = self.denoise(x, [m for m in MEDIA if m not in given], prompts, guidance, num_inference_steps,
-                         callback_on_step_end, callback_on_step_end_tensor_inputs)
+                         callback_on_step_end, callback_on_step_end_tensor_inputs, init, strength)
         self.maybe_free_model_hooks()
         frames, waves = self.decode(x, given, video, audio, output_type)
         if not return_dict:
@@ -367,22 +380,45 @@ class AVGenPipeline(DiffusionPipeline):
         if audio is not None and video is not None:
             raise ValueError("give audio= or video=, not both: there would be nothing to generate")
 
+    def check_strength(self, strength, init_given: dict[str, bool], given: dict[str, bool]) -> None:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise ValueError(f"strength must be a noise level in (0, 1], got {strength!r}")
+        if strength == 1:
+            return
+        if not isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
+            raise ValueError("strength < 1 needs the euler sampler")
+        both = [m for m in MEDIA if init_given[m] and given[m]]
+        if both:
+            raise ValueError(f"{both[0]} is given clean and as init_{both[0]}: give one")
+        missing = [m for m in MEDIA if not init_given[m] and not given[m]]
+        if missing:
+            raise ValueError(f"strength < 1 starts every sampled modality from its own tokens: give init_{missing[0]}= "
+                             f"(or {missing[0]}= to hold it clean)")
+
     def encode_prompt(self, prompt, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt_ids, prompt_mask) for a prompt or list of prompts (None / "" = null prompt)."""
         return encode_prompts(self.parse_prompts(prompt, batch), self.vocab, self.transformer.config.max_events, device)
 
     def denoise(self, x: dict[str, torch.Tensor], noisy: list[str], prompts: dict, guidance: Guidance, steps: int,
-                callback, callback_inputs) -> dict[str, torch.Tensor]:
-        """Integrate the flow ODE for the `noisy` modalities; the others stay clean at t = 0."""
+                callback, callback_inputs, init: dict[str, torch.Tensor] | None = None,
+                strength: float = 1.0) -> dict[str, torch.Tensor]:
+        """Integrate the flow ODE for the `noisy` modalities; the others stay clean at t = 0. With
+        `strength` < 1, only the steps at noise levels <= strength run, from `init`'s tokens noised there."""
         schedulers = {"video": self.scheduler, "audio": self.audio_scheduler}
         for m in noisy:
             schedulers[m].set_timesteps(steps, device=self._execution_device)
-            schedulers[m].set_begin_index(0)
-        timesteps = schedulers[noisy[0]].timesteps
+        sigmas = schedulers[noisy[0]].sigmas
+        start = 0 if strength >= 1 else int((sigmas > strength).sum())  # sigmas fall from 1 to 0
+        for m in noisy:
+            schedulers[m].set_begin_index(start)
+            if start:  # x[m] holds the noise: mix in the modality's own tokens at the first kept level
+                s = float(schedulers[m].sigmas[start])
+                x[m] = (1 - s) * init[m] + s * x[m]
+        timesteps = schedulers[noisy[0]].timesteps[start:]
         batch = x["video"].shape[0]
         self._num_timesteps = len(timesteps)
         # each scheduler's own sigma for each step (Heun repeats them, DPM rounds timesteps)
-        t_steps = [{m: float(schedulers[m].sigmas[i]) if m in noisy else 0.0 for m in MEDIA}
+        t_steps = [{m: float(schedulers[m].sigmas[start + i]) if m in noisy else 0.0 for m in MEDIA}
                    for i in range(len(timesteps))]
         chunk = max(1, TABLE_ROWS // (2 * batch))  # steps per AdaLN table: its memory is bounded by rows
         with self.progress_bar(total=len(timesteps)) as progress:

@@ -289,6 +289,16 @@ def build_scheduler(optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.Lam
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
 
 
+def follow_config_lr(optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
+    """After a resume, train at the config's peak LR (`--resume --set lr=...`): the scheduler's saved
+    state carries the peak LR the run started with, which would otherwise win. Unchanged: a no-op."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 # ============================================================================ one step
 @dataclass
 class StepResult:
@@ -332,8 +342,10 @@ class Trainer:
                                    config=self.cfg.to_dict(), keep_last=self.cfg.keep_last)
 
     def load(self, path: Path) -> dict:
-        return load_training_state(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
+        meta = load_training_state(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
                                    scheduler=self.scheduler)
+        follow_config_lr(self.optimizer, self.scheduler, self.cfg.lr)
+        return meta
 
     def step(self, batch: Batch, step: int) -> StepResult:
         cfg, model = self.cfg, self.model
@@ -701,6 +713,5 @@ def _json_float(x: float):
 
 
 __all__ = ["EMA", "Batch", "Progress", "Runtime", "SampleOrder", "StepResult", "TrainResult", "Trainer",
-           "build_model", "build_optimizer", "build_scheduler", "init_runtime", "load_batch", "local_indices",
-           "quick_eval_figures", "read_run_config", "sample_generator", "setup_training",
-           "train"]
+           "build_model", "build_optimizer", "build_scheduler", "follow_config_lr", "init_runtime", "load_batch",
+           "local_indices", "quick_eval_figures", "read_run_config", "sample_generator", "setup_training", "train"]
