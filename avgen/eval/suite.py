@@ -366,6 +366,7 @@ def codec_of(weights) -> "AVCodec":
 
 
 def renoise_model(control: Control):
+    """The pipeline of the weights that `control.codec` names (for `control.renoise`), loaded once."""
     from avgen.model.pipeline import load_pipeline
 
     pipe = load_pipeline(control.codec)
