@@ -6,8 +6,8 @@ import torch
 from avgen.data import make_dataset
 from avgen.data.clip import ClipSpec
 from avgen.model.codec import AVCodec
-from avgen.model.objective import (ObjectiveConfig, add_noise, encode_prompts, sample_times, training_loss,
-                                   x0_to_velocity)
+from avgen.model.objective import (ObjectiveConfig, add_noise, draw_randomness, encode_prompts, sample_times,
+                                   training_loss, x0_to_velocity)
 from avgen.model.transformer import AVDiT
 
 SPEC = ClipSpec(duration=1.0)
@@ -143,6 +143,27 @@ def test_same_generator_same_loss(shapes_batch):
         b = training_loss(model, codec, frames, audio, ids, mask, torch.Generator().manual_seed(7))[0]
         c = training_loss(model, codec, frames, audio, ids, mask, torch.Generator().manual_seed(8))[0]
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("timeline", [False, True])
+def test_draws_made_ahead_give_the_loss_the_generators_give(shapes_batch, timeline):
+    """The data workers' path: every draw made up front from the same per-sample generators, then the
+    loss from those draws, equals the loss drawing for itself (same order, bit for bit)."""
+    ds, frames, audio, ids, mask = shapes_batch
+    codec = AVCodec(SPEC)
+    torch.manual_seed(0)
+    model = AVDiT.from_preset("AVDiT-T", SPEC, ds.vocab, 3, timeline_cond=timeline)
+    slots = torch.full((4, codec.num_tokens(SPEC.duration)), -1).long() if timeline else None
+    cfg = ObjectiveConfig(p_low=0.2)
+    shapes = {m: (codec.num_tokens(SPEC.duration), codec.dims[m]) for m in ("video", "audio")}
+    with torch.no_grad():
+        drawn = training_loss(model, codec, frames, audio, ids, mask, gens(range(4)), cfg, slots=slots)
+        ahead = draw_randomness(gens(range(4)), 4, shapes, cfg, timeline=timeline)
+        given = training_loss(model, codec, frames, audio, ids, mask, [], cfg, slots=slots, draws=ahead)
+    assert torch.equal(drawn[0], given[0]) and drawn[1] == given[1]
+    wrong = draw_randomness(gens(range(4)), 4, shapes, cfg, timeline=not timeline)
+    with pytest.raises(ValueError, match="draws do not fit"):
+        training_loss(model, codec, frames, audio, ids, mask, [], cfg, slots=slots, draws=wrong)
 
 
 @pytest.mark.slow  # ~5 s on an idle machine, 20 s on a busy one

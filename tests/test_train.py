@@ -180,6 +180,60 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     assert [m["step"] for m in metrics(tmp_path / "crashed")] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
+def test_data_workers_train_on_exactly_what_one_process_does(tmp_path):
+    cfg = tiny(steps=3, ckpt_every=3)
+    train(cfg, tmp_path / "inline", device="cpu", progress_bar=False)
+    train(cfg, tmp_path / "workers", device="cpu", progress_bar=False, workers=2)
+    for prefix in ("model.", "ema.", "optimizer."):
+        a, b = weights(tmp_path / "inline", 3, prefix), weights(tmp_path / "workers", 3, prefix)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), prefix
+    assert json.loads((tmp_path / "workers" / "run.json").read_text())["workers"] == 2
+
+
+def test_batches_from_any_position_match_load_batch_and_the_generators_draws(tmp_path):
+    cfg = tiny()
+    ds = loop.build_dataset(cfg)
+    order = SampleOrder(len(ds), cfg.data_seed, shuffle=False)
+    model = loop.build_model(cfg, ds)
+    trainer = loop.Trainer.create(cfg, model, CPU)
+    spec = trainer.draw_spec()
+    stream = loop.batches(ds, order, 8, cfg, CPU, spec, workers=0)
+    for k in range(2):  # batch k of a stream from position 8 = the clips at 8 + 4k ..
+        got = next(stream)
+        plain = loop.load_batch(ds, order, range(8 + 4 * k, 12 + 4 * k), cfg.seed, CPU.device, 1)
+        assert torch.equal(got.frames, plain.frames) and torch.equal(got.audio, plain.audio)
+        assert got.labels == plain.labels and torch.equal(got.slots, plain.slots) and got.generators == []
+        n = plain.frames.shape[1]
+        again = loop.draw_randomness(plain.generators, 4, {m: (n, trainer.codec.dims[m]) for m in ("video", "audio")},
+                                     cfg.objective, timeline=spec.timeline)  # .. with its generators' draws
+        for field in ("keep_prompt", "cross_modal", "keep_timeline"):
+            a, b = getattr(got.draws, field), getattr(again, field)
+            assert (a is None and b is None) or torch.equal(a, b), field
+        assert all(torch.equal(got.draws.t[m], again.t[m]) and torch.equal(got.draws.noise[m], again.noise[m])
+                   for m in ("video", "audio"))
+    stream.close()
+
+
+@pytest.mark.slow
+def test_a_time_limit_stops_with_a_checkpoint_and_resume_matches_a_straight_run(tmp_path, monkeypatch):
+    cfg = tiny(steps=5, ckpt_every=5, log_every=5)
+    train(cfg, tmp_path / "straight", device="cpu", progress_bar=False)
+    clock = iter(range(0, 1000, 10))  # at the start 0 s, after step s 10 s: the limit of 25 s passes at step 3
+    monkeypatch.setattr(loop, "_now", lambda: float(next(clock)))
+    stopped = train(cfg, tmp_path / "boxed", device="cpu", progress_bar=False, max_seconds=25)
+    monkeypatch.undo()
+    assert stopped.step == 3 and stopped.checkpoint == checkpoint_path(tmp_path / "boxed", 3)
+    assert [m["step"] for m in metrics(tmp_path / "boxed")] == [3]  # the stopping step is logged too
+    result = train(cfg, tmp_path / "boxed", resume=True, device="cpu", progress_bar=False)
+    assert result.step == 5
+    for prefix in ("model.", "ema.", "optimizer."):
+        a, b = weights(tmp_path / "straight", 5, prefix), weights(tmp_path / "boxed", 5, prefix)
+        assert all(torch.equal(a[k], b[k]) for k in a), prefix
+    with pytest.raises(ValueError, match="max_seconds"):
+        train(cfg, tmp_path / "never", device="cpu", progress_bar=False, max_seconds=0)
+
+
 def test_resume_trains_at_the_changed_peak_lr(tmp_path):
     cfg = tiny(steps=4, ckpt_every=2, lr_schedule="wsd", decay_steps=2)  # warmup 2, cooldown over steps 3-4
     train(cfg, tmp_path / "run", device="cpu", progress_bar=False)
@@ -297,6 +351,36 @@ def test_init_from_starts_from_exported_weights_and_keeps_their_shape(trained_ru
         train(tiny(), tmp_path / "bad", init_from=tmp_path, device="cpu", progress_bar=False)
 
 
+def test_grow_depth_appends_identity_blocks_that_training_opens(trained_run, tmp_path):
+    export_run(trained_run, tmp_path / "weights")
+    exported = AVGenPipeline.from_pretrained(tmp_path / "weights", local_files_only=True).transformer.eval()
+    depth = exported.config.depth
+    cfg, _, trainer, _ = loop.setup_training(tiny(steps=2), tmp_path / "grown", False, tmp_path / "weights", None,
+                                             CPU, lambda msg: None, grow_depth=depth + 2)
+    grown = trainer.model.eval()
+    assert cfg.model.depth == depth + 2 == grown.config.depth == len(grown.blocks)
+    assert all(torch.equal(v, grown.state_dict()[k]) for k, v in exported.state_dict().items())
+    g = torch.Generator().manual_seed(0)
+    n, dims = 8, {"video": exported.config.video_dim, "audio": exported.config.audio_dim}
+    args = (torch.randn(2, n, dims["video"], generator=g), torch.randn(2, n, dims["audio"], generator=g),
+            torch.tensor([0.3, 0.9]), torch.tensor([0.5, 0.7]), torch.tensor([[1, 0, 0], [2, 3, 0]]),
+            torch.tensor([[True, False, False], [True, True, False]]))
+    with torch.no_grad():
+        before, after = exported(*args), grown(*args)
+    assert all(torch.equal(before[m], after[m]) for m in before)  # the new blocks start as the identity
+    result = train(tiny(steps=2), tmp_path / "grown", init_from=tmp_path / "weights", grow_depth=depth + 2,
+                   device="cpu", progress_bar=False)
+    trained, _ = model_from_checkpoint(result.checkpoint)
+    assert trained.config.depth == depth + 2 and loop.read_run_config(tmp_path / "grown").model.depth == depth + 2
+    new_gate = trained.blocks[depth].ada["video"][-1].weight
+    assert new_gate.abs().sum() > 0  # training opened the new blocks
+    with pytest.raises(ValueError, match="deeper, not shallower"):
+        loop.setup_training(tiny(), tmp_path / "shallow", False, tmp_path / "weights", None, CPU, lambda m: None,
+                            grow_depth=depth - 1)
+    with pytest.raises(ValueError, match="--init-from"):
+        loop.setup_training(tiny(), tmp_path / "nothing", False, None, None, CPU, lambda m: None, grow_depth=4)
+
+
 # ---------------------------------------------------------------------------- CLI
 def test_cli_train_resume_and_export(tmp_path, capsys):
     run, out = str(tmp_path / "run"), str(tmp_path / "weights")
@@ -315,6 +399,9 @@ def test_cli_train_resume_and_export(tmp_path, capsys):
     (["train", "--preset", "tiny", "--out", "X", "--set", "learning_rate=1"], "unknown option 'learning_rate'"),
     (["train", "--preset", "tiny", "--out", "X", "--dataset", "mnist"], "unknown dataset"),
     (["export", "no-such-run", "--out", "Y"], "no checkpoint"),
+    (["train", "--preset", "tiny", "--out", "X", "--grow-depth", "4"], "--init-from"),
+    (["train", "--preset", "tiny", "--out", "X", "--max-minutes", "0"], "--max-minutes"),
+    (["train", "--preset", "tiny", "--out", "X", "--workers", "-1"], "--workers"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

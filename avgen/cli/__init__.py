@@ -65,9 +65,12 @@ def number(lo: float | None = None, hi: float | None = None, above: bool = False
 
 def add_guidance_interval(parser) -> None:
     """`--guidance-interval LO HI` (generate, eval): None = the library's default for the mode."""
+    from avgen.model.pipeline import DEFAULT_GUIDANCE_INTERVAL
+
+    lo, hi = DEFAULT_GUIDANCE_INTERVAL
     parser.add_argument("--guidance-interval", type=number(0.0, 1.0), nargs=2, default=None, metavar=("LO", "HI"),
-                        help="noise levels (1 = pure noise) where prompt guidance acts (default: 0 0.8 from "
-                        "text, 0 1 when audio or video is given)")
+                        help="noise levels (1 = pure noise) where prompt guidance acts (default: "
+                        f"{lo:g} {hi:g} from text, 0 1 when audio or video is given)")
 
 
 def add_timeline_flag(parser) -> None:

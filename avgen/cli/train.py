@@ -3,6 +3,7 @@
     avgen train --preset shapes-cpu --out runs/shapes            # dataset from the preset
     avgen train --dataset talking-digits --preset digits-cpu --out runs/digits --set lr=2e-4
     avgen train --out runs/digits --resume --steps 40000          # continue, with a longer goal
+    avgen train --out runs/digits --resume --workers 12 --max-minutes 5   # a GPU's data, a time box
     torchrun --nproc_per_node 2 $(which avgen) train ...          # several processes (DDP)
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 
 def register(subparsers) -> None:
-    from avgen.cli import whole
+    from avgen.cli import number, whole
     from avgen.model.device import DEVICES
     from avgen.train.config import TRAIN_PRESETS
 
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--init-from", default=None, metavar="WEIGHTS_DIR",
                    help="fine-tune from exported weights (their size, codec and clip spec are kept)")
+    p.add_argument("--grow-depth", type=whole(1, 64), default=None, metavar="N",
+                   help="with --init-from: append blocks to the pretrained model up to N (each new block starts "
+                   "as the identity, so training starts from exactly what the pretrained model computes)")
     p.add_argument("--data-root", default=None, help="folder holding fsdd/ and mnist/ (default: $AVGEN_DATA, "
                    "else ../shared/data)")
     p.add_argument("--device", default="auto", choices=[d for d in DEVICES if d != "mps"],
@@ -36,6 +40,11 @@ def register(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. lr=3e-4, objective.p_drop_prompt=0.2, model=AVDiT-B "
                    "(repeatable; unknown keys are errors)")
+    p.add_argument("--workers", type=whole(0, 256), default=0,
+                   help="data worker processes that build batches ahead of the step (0 = in this process; the "
+                   "run's result is the same either way). On a GPU the model outruns one process's data")
+    p.add_argument("--max-minutes", type=number(0.0, above=True), default=None, metavar="M",
+                   help="stop after M minutes of training with a checkpoint; --resume goes on from there")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.set_defaults(func=run)
 
@@ -71,9 +80,13 @@ def run(args) -> int:
         raise UsageError(f"--out {args.out} is a file; a run is a folder")
     if args.init_from is not None:
         check_weights_folder(args.init_from)
+    elif args.grow_depth is not None:
+        raise UsageError("--grow-depth grows a pretrained model: give it with --init-from WEIGHTS_DIR")
     cfg = resolve_config(args)
     result = train(cfg, args.out, resume=args.resume, init_from=args.init_from, device=args.device,
-                   data_root=args.data_root, progress_bar=not args.no_progress)
+                   data_root=args.data_root, progress_bar=not args.no_progress, workers=args.workers,
+                   max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
+                   grow_depth=args.grow_depth)
     if result.rank == 0 and result.checkpoint is not None:
         print(f"step {result.step}: {result.checkpoint}"
               + (f" ({result.skipped_steps} non-finite steps skipped)" if result.skipped_steps else ""),

@@ -13,11 +13,13 @@ the cross-modal path with p_drop_cross, so both can be guided at sampling time.
 
 Randomness comes only from the `generator` argument. Passing a list of generators (one per sample,
 e.g. keyed by the global sample index) makes every draw of a sample independent of batch size
-and of how a batch is split over processes.
+and of how a batch is split over processes. `draw_randomness` makes all of a batch's draws up front
+(the training loop's data workers call it, so the draws cost the main process nothing);
+`training_loss(..., draws=)` then computes exactly what it computes from the generators.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, fields
 
 import torch
 
@@ -97,6 +99,47 @@ def sample_times(batch: int, generator: Generator, cfg: ObjectiveConfig = Object
     return {m: torch.where(clean[m], torch.zeros_like(t[m]), t[m]) for m in MEDIA}
 
 
+@dataclass
+class Draws:
+    """Every random draw of one batch's loss, in the order `training_loss` makes them."""
+
+    t: dict[str, torch.Tensor]  # {m: (B,)} noise levels (0 = held clean)
+    noise: dict[str, torch.Tensor]  # {m: (B, N, D_m)}
+    keep_prompt: torch.Tensor  # (B,) bool
+    cross_modal: torch.Tensor  # (B,) bool
+    keep_timeline: torch.Tensor | None = None  # (B,) bool; drawn only for a model with the timeline input
+
+    def to(self, device, non_blocking: bool = False) -> "Draws":
+        def move(v):
+            if isinstance(v, dict):
+                return {k: x.to(device, non_blocking=non_blocking) for k, x in v.items()}
+            return None if v is None else v.to(device, non_blocking=non_blocking)
+
+        return Draws(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def pin_memory(self) -> "Draws":  # DataLoader(pin_memory=True) calls this on custom batch types
+        return Draws(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})
+
+
+def _pin(v):
+    if isinstance(v, dict):
+        return {k: x.pin_memory() for k, x in v.items()}
+    return None if v is None else v.pin_memory()
+
+
+def draw_randomness(generator: Generator, batch: int, token_shapes: dict[str, tuple[int, int]],
+                    cfg: ObjectiveConfig = ObjectiveConfig(), timeline: bool = False, device="cpu") -> Draws:
+    """All draws of one batch's loss: times, noise of shape (B, *token_shapes[m]), prompt and
+    cross-modal dropout, and (timeline=True) timeline dropout. The order is part of the contract:
+    with the same generator(s) it is what `training_loss` draws itself."""
+    t = sample_times(batch, generator, cfg, device)
+    noise = {m: _normal(generator, (batch, *token_shapes[m]), device) for m in MEDIA}
+    keep_prompt = _uniform(generator, batch, device) >= cfg.p_drop_prompt
+    cross_modal = _uniform(generator, batch, device) >= cfg.p_drop_cross
+    keep_timeline = (_uniform(generator, batch, device) >= cfg.p_drop_timeline) if timeline else None
+    return Draws(t, noise, keep_prompt, cross_modal, keep_timeline)
+
+
 # ---------------------------------------------------------------------------- prompts
 def encode_prompts(labels_list: list[list[str]], vocab, max_events: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Label sequences -> (prompt_ids (B, max_events) long, prompt_mask (B, max_events) bool).
@@ -135,28 +178,34 @@ def x0_to_velocity(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_min: 
 def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, prompt_ids: torch.Tensor,
                   prompt_mask: torch.Tensor, generator: Generator,
                   cfg: ObjectiveConfig = ObjectiveConfig(),
-                  slots: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                  slots: torch.Tensor | None = None, draws: Draws | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The rectified-flow loss of one batch of clips: frames (B, T, H, W, C) in [0, 1], audio (B, S).
 
     Returns (scalar loss = video loss + audio loss, stats). A modality's loss is averaged over the
     whole batch with clean samples counting zero, so its scale does not depend on how many were
     held clean; `stats` reports each modality's mean over the samples where it was noisy.
+    `draws` (from `draw_randomness`, on this device) replaces the draws from `generator`.
     """
     batch, device = frames.shape[0], frames.device
     with torch.no_grad():
         x0 = codec.encode(frames, audio)  # {video: (B, N, Dv), audio: (B, N, Da)}
-    t = sample_times(batch, generator, cfg, device)  # {m: (B,)}
-    noise = {m: _normal(generator, tuple(x0[m].shape), device) for m in MEDIA}  # {m: (B, N, D_m)}
+    if draws is None:
+        draws = draw_randomness(generator, batch, {m: tuple(x0[m].shape[1:]) for m in MEDIA}, cfg,
+                                timeline=slots is not None, device=device)
+    elif any(draws.noise[m].shape != x0[m].shape for m in MEDIA) or (draws.keep_timeline is None) != (slots is None):
+        raise ValueError("draws do not fit this batch: noise shapes "
+                         f"{ {m: tuple(draws.noise[m].shape) for m in MEDIA} } for tokens "
+                         f"{ {m: tuple(x0[m].shape) for m in MEDIA} }, timeline draws given: "
+                         f"{draws.keep_timeline is not None}, slots given: {slots is not None}")
+    t, noise = draws.t, draws.noise  # {m: (B,)}, {m: (B, N, D_m)}
     x_t = {m: add_noise(x0[m], noise[m], t[m]) for m in MEDIA}
-    keep_prompt = _uniform(generator, batch, device) >= cfg.p_drop_prompt  # (B,)
-    cross_modal = _uniform(generator, batch, device) >= cfg.p_drop_cross  # (B,)
     extra = {}
     if slots is not None:  # (B, N) slot ids, -1 = not known; drawn only here, so other runs keep their stream
         unknown = getattr(model, "module", model).config.max_events + 1  # through a DDP wrapper too
-        keep = (_uniform(generator, batch, device) >= cfg.p_drop_timeline)[:, None]  # (B, 1)
+        keep = draws.keep_timeline[:, None]  # (B, 1)
         extra["slots"] = torch.where(keep & (slots >= 0), slots, torch.full_like(slots, unknown))
     pred = model(x_t["video"], x_t["audio"], t["video"], t["audio"], prompt_ids,
-                 prompt_mask.bool() & keep_prompt[:, None], cross_modal=cross_modal, **extra)
+                 prompt_mask.bool() & draws.keep_prompt[:, None], cross_modal=draws.cross_modal, **extra)
     loss, stats = torch.zeros((), device=device), {}
     for m in MEDIA:
         v_pred = x0_to_velocity(x_t[m], pred[m].float(), t[m], cfg.t_min)

@@ -10,6 +10,9 @@ Determinism (EDM2's rule): a run's result is a function of its config alone.
 - Multi-process (torchrun): rank r of W takes the r-th contiguous B/W slice of each global batch;
   DDP averages the per-rank mean gradients, which equals the global batch mean because the slices
   are equal. `2 processes x B/2` therefore matches `1 process x B` up to float summation order.
+- Data workers (`workers > 0`, `avgen train --workers N`): batches are built, and all their random
+  draws made, in N worker processes ahead of the step that uses them. A batch is a pure function
+  of its position, so the run trains on exactly what it trains on without them.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from avgen.data.events import EventDataset
 from avgen.model.codec import AVCodec
 from avgen.model.config import CodecConfig, ModelConfig, spec_from_dict
 from avgen.model.device import autocast, resolve_device
-from avgen.model.objective import encode_prompts, training_loss
+from avgen.model.objective import Draws, ObjectiveConfig, draw_randomness, encode_prompts, training_loss
+from avgen.model.transformer import MEDIA
 from avgen.model.transformer import AVDiT
 from avgen.train.checkpoint import (latest_checkpoint, list_checkpoints, load_training_state,
                                     save_training_state)
@@ -127,6 +131,33 @@ class Batch:
     labels: list[list[str]]  # prompt labels per sample
     generators: list[torch.Generator]  # one per sample, keyed by its global index
     slots: torch.Tensor | None = None  # (b, N) timeline slot ids on the token clock, -1 = not known
+    draws: Draws | None = None  # the loss's draws, made from `generators` ahead of the step (or None)
+
+    def pin_memory(self) -> "Batch":  # DataLoader(pin_memory=True) calls this on custom batch types
+        pin = lambda x: None if x is None else x.pin_memory()  # noqa: E731
+        return dataclasses.replace(self, frames=self.frames.pin_memory(), audio=self.audio.pin_memory(),
+                                   slots=pin(self.slots), draws=pin(self.draws))
+
+    def to(self, device: torch.device) -> "Batch":
+        nb = device.type == "cuda"  # from pinned memory the copies overlap the previous step's kernels
+        move = lambda x: None if x is None else x.to(device, non_blocking=nb)  # noqa: E731
+        return dataclasses.replace(self, frames=move(self.frames), audio=move(self.audio), slots=move(self.slots),
+                                   draws=move(self.draws))
+
+
+@dataclass(frozen=True)
+class DrawSpec:
+    """What a data worker needs to make a batch's loss draws: the objective and the token shapes."""
+
+    objective: ObjectiveConfig
+    frames_per_token: int
+    dims: dict[str, int]  # token width per modality (the codec's)
+    timeline: bool  # the model has the timeline input (one more dropout draw per sample)
+
+    def draws(self, generators: list[torch.Generator], num_frames: int) -> Draws:
+        n = num_frames // self.frames_per_token
+        return draw_randomness(generators, len(generators), {m: (n, self.dims[m]) for m in MEDIA}, self.objective,
+                               timeline=self.timeline)
 
 
 def local_indices(position: int, batch_size: int, rt: Runtime) -> range:
@@ -137,12 +168,54 @@ def local_indices(position: int, batch_size: int, rt: Runtime) -> range:
 
 
 def load_batch(ds, order: SampleOrder, indices: range, seed: int, device: torch.device,
-               frames_per_token: int) -> Batch:
+               frames_per_token: int, draw_spec: DrawSpec | None = None) -> Batch:
+    """The clips at global positions `indices` with each sample's generator, or, with `draw_spec`,
+    with the loss's draws already made from those generators (and no generators left to draw from)."""
     clips = [ds[order(g)] for g in indices]
     frames = torch.from_numpy(np.stack([c.frames for c in clips]))  # (b, T, H, W, C)
     audio = torch.from_numpy(np.stack([c.audio for c in clips]))  # (b, S)
-    return Batch(frames.to(device), audio.to(device), [ds.parse_prompt(c.prompt) for c in clips],
-                 [sample_generator(seed, g) for g in indices], clip_slots(clips, frames_per_token).to(device))
+    generators, draws = [sample_generator(seed, g) for g in indices], None
+    if draw_spec is not None:
+        generators, draws = [], draw_spec.draws(generators, frames.shape[1])
+    batch = Batch(frames, audio, [ds.parse_prompt(c.prompt) for c in clips], generators,
+                  clip_slots(clips, frames_per_token), draws)
+    return batch.to(device)
+
+
+class BatchSource(torch.utils.data.Dataset):
+    """Batch k of a run from position `start`: what `load_batch` returns for that slice, drawn
+    complete (clips and loss draws) in a DataLoader worker."""
+
+    def __init__(self, ds, order: SampleOrder, start: int, batch_size: int, rt: "Runtime", seed: int,
+                 draw_spec: DrawSpec):
+        self.ds, self.order, self.start, self.batch_size = ds, order, start, batch_size
+        self.rank_rt, self.seed, self.draw_spec = Runtime(torch.device("cpu"), rt.rank, rt.world_size), seed, draw_spec
+
+    def __len__(self) -> int:
+        return 2 ** 62  # endless: the loop stops asking
+
+    def __getitem__(self, k: int) -> Batch:
+        indices = local_indices(self.start + k * self.batch_size, self.batch_size, self.rank_rt)
+        return load_batch(self.ds, self.order, indices, self.seed, torch.device("cpu"), self.draw_spec.frames_per_token,
+                          self.draw_spec)
+
+
+def batches(ds, order: SampleOrder, start: int, cfg: TrainConfig, rt: "Runtime", draw_spec: DrawSpec,
+            workers: int):
+    """Endless batches of a run from data position `start`, on the runtime's device. With workers = 0
+    they are built in this process one at a time; else `workers` processes build them ahead (a few
+    batches each) in order, so the result is the same."""
+    source = BatchSource(ds, order, start, cfg.batch_size, rt, cfg.seed, draw_spec)
+    if workers == 0:
+        k = 0
+        while True:
+            yield source[k].to(rt.device)
+            k += 1
+    loader = torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
+                                         pin_memory=rt.device.type == "cuda", prefetch_factor=2,
+                                         persistent_workers=False)
+    for batch in loader:
+        yield batch.to(rt.device)
 
 
 def clip_slots(clips, frames_per_token: int) -> torch.Tensor:
@@ -214,24 +287,39 @@ def load_weights_folder(path) -> AVDiT:
 GROWABLE = {"count_cond": ("count_embed.",), "timeline_cond": ("slot_embed.", "slot_label.")}
 
 
-def grow(model: AVDiT, wanted: dict[str, bool], log, layout_prior: dict | None = None) -> AVDiT:
-    """Turn on zero-initialised inputs (`GROWABLE`) the pretrained model lacks: each new embedding
-    starts at zero, so the grown model computes exactly what the pretrained one did."""
+def grow(model: AVDiT, wanted: dict[str, bool], log, layout_prior: dict | None = None, depth: int | None = None,
+         seed: int = 0) -> AVDiT:
+    """Turn on zero-initialised inputs (`GROWABLE`) the pretrained model lacks, and (depth > the
+    pretrained depth) append blocks after its last one. Each new embedding starts at zero, and each
+    new block's AdaLN-Zero gates and cross-modal gates do too (its other weights are drawn from
+    `seed`), so a new block passes every stream through unchanged: the grown model computes exactly
+    what the pretrained one did, and training then opens the new paths."""
     add = [k for k, on in wanted.items() if on and not model.config.get(k, False)]
-    if not add:
+    old_depth = model.config.depth
+    if depth is not None and depth < old_depth:
+        raise ValueError(f"--init-from: model.depth {depth} is below the pretrained model's {old_depth}; "
+                         "a model can grow deeper, not shallower")
+    deeper = depth is not None and depth > old_depth
+    if not add and not deeper:
         return model
     config = {k: v for k, v in model.config.items() if k != "_use_default_values"}  # else the flags stay default
     config.update({k: True for k in add})
+    if deeper:
+        config["depth"] = depth
     if "timeline_cond" in add:
         if layout_prior is None:
             raise ValueError("adding timeline_cond needs a layout prior measured on the dataset")
         config["layout_prior"] = layout_prior
-    grown = AVDiT.from_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        grown = AVDiT.from_config(config)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    new = tuple(p for k in add for p in GROWABLE[k])
+    new = tuple(p for k in add for p in GROWABLE[k]) + tuple(f"blocks.{i}." for i in range(old_depth, depth or 0))
     if unexpected or not missing or any(not m.startswith(new) for m in missing):
-        raise ValueError(f"cannot add {add} to the pretrained model: missing {missing}, unexpected {unexpected}")
-    log(f"--init-from: the pretrained model gets {', '.join(add)}, starting at zero")
+        raise ValueError(f"cannot grow the pretrained model ({add}, depth {old_depth} -> {depth}): missing {missing}, "
+                         f"unexpected {unexpected}")
+    what = [*add] + ([f"blocks {old_depth}-{depth - 1} (depth {old_depth} -> {depth})"] if deeper else [])
+    log(f"--init-from: the pretrained model gets {', '.join(what)}, starting as identity / zero")
     return grown
 
 
@@ -336,6 +424,10 @@ class Trainer:
         return cls(cfg, rt, model, net, AVCodec(cfg.spec, cfg.codec).to(rt.device), EMA(model, cfg.ema_decay),
                    optimizer, build_scheduler(optimizer, cfg))
 
+    def draw_spec(self) -> DrawSpec:
+        return DrawSpec(self.cfg.objective, self.cfg.codec.frames_per_token, self.codec.dims,
+                        bool(self.model.config.get("timeline_cond")))
+
     def save(self, run_dir: Path, progress: "Progress") -> Path:
         return save_training_state(run_dir, model=self.model, ema=self.ema, optimizer=self.optimizer,
                                    scheduler=self.scheduler, progress=dataclasses.asdict(progress),
@@ -354,7 +446,8 @@ class Trainer:
         with autocast(self.rt.device) if cfg.bf16 else contextlib.nullcontext():
             loss, stats = training_loss(self.net, self.codec, batch.frames, batch.audio, ids, mask,
                                         batch.generators, cfg.objective,
-                                        slots=batch.slots if model.config.get("timeline_cond") else None)
+                                        slots=batch.slots if model.config.get("timeline_cond") else None,
+                                        draws=batch.draws)
         loss.backward()  # under DDP this also averages the gradients over ranks
         keys = sorted(k for k in stats if k != "loss")
         reduced = mean_over_ranks(torch.tensor([loss.item()] + [stats[k] for k in keys],
@@ -549,8 +642,10 @@ class TrainResult:
 
 
 def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, data_root, rt: Runtime,
-                   log) -> tuple[TrainConfig, object, Trainer, Progress]:
+                   log, grow_depth: int | None = None) -> tuple[TrainConfig, object, Trainer, Progress]:
     """(config, dataset, trainer, progress) for a fresh, fine-tuned or resumed run."""
+    if grow_depth is not None and init_from is None:
+        raise ValueError("growing a model's depth needs the pretrained model to grow (--init-from)")
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None and init_from is not None:
         log(f"resuming from {checkpoint.name}: --init-from {init_from} is ignored")
@@ -566,7 +661,7 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
             else:
                 log(f"dataset {cfg.dataset} has no ground-truth events: the model gets no timeline input")
                 wanted["timeline_cond"] = False
-        pretrained = grow(pretrained, wanted, log, prior)
+        pretrained = grow(pretrained, wanted, log, prior, depth=grow_depth, seed=cfg.seed)
         cfg, asked = config_of_model(cfg, pretrained), cfg
         changed = _changed_keys({k: asked.to_dict()[k] for k in ("model", "codec", "spec")},
                                 {k: cfg.to_dict()[k] for k in ("model", "codec", "spec")})
@@ -627,13 +722,14 @@ class Recorder:
         sampling = bool(self.cfg.sample_every and self.main)
         self.prompts = sample_prompts(ds, self.cfg.num_samples) if sampling else []
         self.judges = load_judges(ds, log) if sampling else None
-        self.window, self.saved = Window(), None
+        self.window, self.saved, self.last = Window(), None, None
         self.bar = tqdm(total=self.cfg.steps, initial=start.step, disable=not show_bar, unit="step",
                         dynamic_ncols=True)
 
     def after_step(self, result: StepResult, progress: Progress) -> None:
         cfg, step = self.cfg, progress.step
         self.window.add(result)
+        self.last = result
         self.bar.update()
         if result.skipped:
             self.log(f"step {step}: non-finite loss {result.loss} / grad norm {result.grad_norm}; update "
@@ -656,17 +752,32 @@ class Recorder:
                             "samples_seen": progress.data_position, **summary})
         self.window.reset()
 
+    def stop(self, progress: Progress) -> None:
+        """Stopping early: the step just taken is logged and checkpointed (if it was not already)."""
+        if progress.step % self.cfg.log_every:
+            self.log_window(self.last, progress)
+        if self.main and progress.step % self.cfg.ckpt_every:
+            self.saved = self.trainer.save(self.run_dir, progress)
+
     def close(self) -> None:
         self.bar.close()
 
 
 def train(cfg: TrainConfig, run_dir, *, resume: bool = False, init_from=None, device: str = "auto",
-          data_root=None, progress_bar: bool = True, log=None) -> TrainResult:
+          data_root=None, progress_bar: bool = True, log=None, workers: int = 0,
+          max_seconds: float | None = None, grow_depth: int | None = None) -> TrainResult:
     """Train (or continue) the run in `run_dir` until `cfg.steps`; the library entry point of `avgen train`.
 
     resume: continue from the newest checkpoint (or from scratch if the run never saved one).
     init_from: an exported weights folder to fine-tune (its size, codec and clip spec win over cfg's).
+    grow_depth: with init_from, append blocks to the pretrained model up to this depth; each new block
+    starts as the identity (see `grow`).
+    workers: data worker processes building batches ahead (0 = in this process; same result).
+    max_seconds: stop after the first step that ends this long after training began, with a
+    checkpoint (resume goes on from there exactly); None = run to `cfg.steps`.
     """
+    if workers < 0 or (max_seconds is not None and not max_seconds > 0):
+        raise ValueError(f"workers must be >= 0 and max_seconds positive, got {workers} and {max_seconds}")
     run_dir = Path(run_dir)
     cfg.check()
     check_run_dir(run_dir, resume)
@@ -675,29 +786,53 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, init_from=None, de
         if cfg.batch_size % rt.world_size:
             raise ValueError(f"batch_size {cfg.batch_size} does not split over {rt.world_size} processes")
         log = (log or _to_stderr) if rt.is_main else _silent
-        return _train(cfg, run_dir, resume, init_from, data_root, rt, progress_bar and rt.is_main, log)
+        return _train(cfg, run_dir, resume, init_from, data_root, rt, progress_bar and rt.is_main, log, workers,
+                      max_seconds, grow_depth)
     finally:
         close_runtime(rt)
 
 
-def _train(cfg, run_dir: Path, resume, init_from, data_root, rt: Runtime, show_bar: bool, log) -> TrainResult:
-    cfg, ds, trainer, progress = setup_training(cfg, run_dir, resume, init_from, data_root, rt, log)
+def _train(cfg, run_dir: Path, resume, init_from, data_root, rt: Runtime, show_bar: bool, log, workers: int = 0,
+           max_seconds: float | None = None, grow_depth: int | None = None) -> TrainResult:
+    cfg, ds, trainer, progress = setup_training(cfg, run_dir, resume, init_from, data_root, rt, log, grow_depth)
     if rt.is_main:
-        _write_run_files(run_dir, cfg, rt, {"init_from": init_from, "data_root": data_root})
+        _write_run_files(run_dir, cfg, rt, {"init_from": init_from, "grow_depth": grow_depth, "data_root": data_root,
+                                            "workers": workers, "max_seconds": max_seconds})
     recorder = Recorder(trainer, ds, run_dir, progress, resume, show_bar, log)
     order = SampleOrder(len(ds), cfg.data_seed, shuffle=not isinstance(ds, EventDataset))
-    result = None
-    while progress.step < cfg.steps:
-        indices = local_indices(progress.data_position, cfg.batch_size, rt)
-        batch = load_batch(ds, order, indices, cfg.seed, rt.device, cfg.codec.frames_per_token)
-        result = trainer.step(batch, progress.step)
-        progress = progress.advance(cfg.batch_size, result.skipped)
-        recorder.after_step(result, progress)
+    result, began = None, _now()
+    stream = batches(ds, order, progress.data_position, cfg, rt, trainer.draw_spec(), workers)
+    try:
+        while progress.step < cfg.steps:
+            result = trainer.step(next(stream), progress.step)
+            progress = progress.advance(cfg.batch_size, result.skipped)
+            recorder.after_step(result, progress)
+            if max_seconds is not None and out_of_time(_now() - began >= max_seconds, rt):
+                log(f"step {progress.step}: --max-minutes reached after {_now() - began:.0f} s; "
+                    f"resume with --resume to go on to step {cfg.steps}")
+                recorder.stop(progress)
+                break
+    finally:
+        stream.close()  # ends the data workers
     recorder.close()
     if rt.distributed:
         dist.barrier()  # rank 0's last checkpoint is on disk before anyone returns
     return TrainResult(run_dir, progress.step, recorder.saved or latest_checkpoint(run_dir), progress.skipped_steps,
                        result.loss if result else math.nan, rt.rank)
+
+
+def _now() -> float:
+    """The time box's clock (its own name, so that a test can step it)."""
+    return time.monotonic()
+
+
+def out_of_time(mine: bool, rt: Runtime) -> bool:
+    """Whether any rank is out of time (all ranks stop at the same step)."""
+    if not rt.distributed:
+        return mine
+    flag = torch.tensor([float(mine)], device=rt.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _silent(msg: str) -> None:
@@ -713,5 +848,6 @@ def _json_float(x: float):
 
 
 __all__ = ["EMA", "Batch", "Progress", "Runtime", "SampleOrder", "StepResult", "TrainResult", "Trainer",
-           "build_model", "build_optimizer", "build_scheduler", "follow_config_lr", "init_runtime", "load_batch",
+           "BatchSource", "DrawSpec", "batches", "build_model", "build_optimizer", "build_scheduler",
+           "follow_config_lr", "init_runtime", "load_batch",
            "local_indices", "quick_eval_figures", "read_run_config", "sample_generator", "setup_training", "train"]
