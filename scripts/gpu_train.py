@@ -1,6 +1,6 @@
 """One time-boxed device session: CUDA checks of the shipped weights, then GPU training, packed for the trip back.
 
-    python3 scripts/gpu_train.py --out $OUT [--budget-s 570] [--workers 14] [--device cuda]
+    python3 scripts/gpu_train.py --out $OUT [--budget-s 570] [--workers 14] [--device cuda] [--set KEY=VALUE ...]
 
 Made for the device machine (one H200, 16 cores), whose whole lease is a few minutes, so every phase
 is bounded by the clock and a failing phase does not stop the next one:
@@ -12,6 +12,8 @@ is bounded by the clock and a failing phase does not stop the next one:
       batch at a constant LR, for a share of the time left (`--max-minutes`);
    b. `--resume` with a linear cooldown (lr_schedule=wsd) sized from the rate that (a) measured, so
       that it ends inside the time left.
+   The digits-gpu preset logs the EMA weights' held-out denoising error every 250 steps
+   (`val_x0_*` in metrics.jsonl), so a run that starts to memorise its training recordings shows it.
 3. The newest checkpoint exported (EMA weights, fp16), packed with the run's config, metrics and the
    check figures into one tar split into 15 MiB parts (the device returns at most 8 files of 16 MiB):
    `cat OUT/pack.tar.part-* | tar x` rebuilds it.
@@ -102,6 +104,8 @@ def main(argv=None) -> int:
     p.add_argument("--bench-s", type=float, default=80.0, help="time for the bench phase (0 = skip)")
     p.add_argument("--reserve-s", type=float, default=45.0, help="kept back for export and packing")
     p.add_argument("--min-train-s", type=float, default=300.0, help="the checks stop early to leave this for training")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="more training config overrides for the run, e.g. augment_speed=0.15 (repeatable)")
     args = p.parse_args(argv)
     clock = Clock(args.budget_s)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -124,10 +128,11 @@ def main(argv=None) -> int:
                                       min(args.bench_s, clock.left() - args.min_train_s))
 
         # 2a. grow, then train at the peak LR (dmon samples the GPU's load meanwhile)
-        dmon = None
+        dmon = dmon_file = None
         if shutil.which("nvidia-smi"):
             run(["df", "-h", "/dev/shm", "/tmp"], log, 10)
-            dmon = subprocess.Popen(["nvidia-smi", "dmon", "-s", "um", "-d", "10"], stdout=open(checks / "dmon.txt", "w"),
+            dmon_file = open(checks / "dmon.txt", "w")
+            dmon = subprocess.Popen(["nvidia-smi", "dmon", "-s", "um", "-d", "10"], stdout=dmon_file,
                                     stderr=subprocess.STDOUT)
         workers = args.workers
         for attempt in range(2):  # a second try in this process's data path if the workers failed
@@ -139,8 +144,9 @@ def main(argv=None) -> int:
                 "--set", f"batch_size={args.batch_size}", "--set", f"lr={args.lr}", "--set", "lr_schedule=constant",
                 "--set", "warmup_steps=300", "--set", "ema_decay=0.9995", "--set", "data_seed=2",
                 "--set", "sample_every=0", "--set", "ckpt_every=2000", "--set", "keep_last=2", "--set", "log_every=50",
-                "--steps", 1_000_000, "--max-minutes", f"{first_min:.3f}", "--workers", workers, "--device", args.device,
-                "--no-progress"], log, clock.left() - args.reserve_s)
+                *[x for kv in args.overrides for x in ("--set", kv)],
+                "--steps", 1_000_000, "--max-minutes", f"{first_min:.3f}", "--workers", workers,
+                "--device", args.device, "--no-progress"], log, clock.left() - args.reserve_s)
             if list((run_dir / "checkpoints").glob("*.safetensors")) or clock.left() < args.reserve_s + 90:
                 break
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -164,6 +170,8 @@ def main(argv=None) -> int:
 
         if dmon is not None:
             dmon.terminate()
+            dmon.wait(timeout=10)
+            dmon_file.close()
 
         # 3. export and pack
         export = args.work / "export"

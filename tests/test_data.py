@@ -11,7 +11,7 @@ import pytest
 
 from avgen.data import ClipSpec, SourceError, make_dataset
 from avgen.data.events import layout
-from avgen.data.talking_digits import TRIM_DB, voiced_span
+from avgen.data.talking_digits import TRIM_DB, change_speed, shift_image, voiced_span
 
 
 def check_schema(ds, n=40):
@@ -92,6 +92,43 @@ def test_talking_digits_schema_determinism(data_root):
     assert all(np.array_equal(ds[i].audio, b[i].audio) and ds[i].prompt == b[i].prompt for i in range(20))
     assert [ds[i].prompt for i in range(20)] != [make_dataset("talking-digits", data_root=data_root, seed=2)[i].prompt
                                                  for i in range(20)]
+
+
+def test_speed_change_scales_tempo_and_pitch_and_refits_the_segment():
+    spec = ClipSpec()
+    sr, spf = spec.sample_rate, spec.samples_per_frame
+    tone = np.sin(2 * np.pi * 400 * np.arange(10 * spf) / sr).astype(np.float32)
+    for speed in (0.8, 1.25):
+        out = change_speed(tone, speed, spec)
+        assert len(out) % spf == 0 and len(out) == -(-round(len(tone) / speed) // spf) * spf
+        assert float(np.abs(out).max()) == pytest.approx(0.8, abs=1e-6) and out[0] == 0 and out[-1] == 0  # faded
+        spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+        assert np.fft.rfftfreq(len(out), 1 / sr)[spectrum.argmax()] == pytest.approx(400 * speed, rel=0.02)
+
+
+def test_image_shift_moves_the_content_and_fills_with_black():
+    image = np.zeros((8, 8, 1), np.float32)
+    image[3, 4] = 1.0
+    moved = shift_image(image, 2, -3)
+    assert moved[5, 1, 0] == 1.0 and moved.sum() == 1.0
+    assert shift_image(image, 5, 0).sum() == 0.0 and np.array_equal(shift_image(image, 0, 0), image)
+
+
+@pytest.mark.data
+def test_augmentation_draws_after_the_clip_and_only_when_asked(data_root):
+    plain = make_dataset("talking-digits", data_root=data_root, seed=1)
+    off = make_dataset("talking-digits", data_root=data_root, seed=1, augment_speed=0.0, augment_shift_px=0)
+    assert all(np.array_equal(plain[i].audio, off[i].audio) and np.array_equal(plain[i].frames, off[i].frames)
+               for i in range(10))
+    on = make_dataset("talking-digits", data_root=data_root, seed=1, augment_speed=0.2, augment_shift_px=2)
+    again = make_dataset("talking-digits", data_root=data_root, seed=1, augment_speed=0.2, augment_shift_px=2)
+    assert all(np.array_equal(on[i].audio, again[i].audio) for i in range(10))  # still a function of the index
+    speeds = [float(part.split(":")[1]) for i in range(40) for src in on[i].meta["sources"]
+              for part in src.split() if part.startswith("speed:")]
+    assert len(speeds) >= 40 and 1 / 1.2 - 1e-9 <= min(speeds) < 0.95 and 1.05 < max(speeds) <= 1.2 + 1e-9
+    check_schema(on)
+    with pytest.raises(ValueError, match="augment_speed"):
+        make_dataset("talking-digits", data_root=data_root, augment_speed=2.0)
 
 
 @pytest.mark.data

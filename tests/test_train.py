@@ -411,6 +411,22 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------- real data
+def test_augmentation_is_for_talking_digits_training_clips_only():
+    with pytest.raises(ValueError, match="apply to talking-digits"):
+        loop.build_dataset(tiny(augment_speed=0.1))
+    assert loop.build_dataset(tiny(augment_speed=0.1), split="test").name == "shapes"  # never the test split
+
+
+@pytest.mark.data
+def test_augmented_runs_keep_the_recorded_event_lengths_for_the_layout_prior(data_root):
+    cfg = tiny().override({"dataset": "talking-digits", "augment_speed": 0.2, "augment_shift_px": 2,
+                           "model.timeline_cond": True})
+    train_ds, test_ds = loop.build_dataset(cfg, data_root), loop.build_dataset(cfg, data_root, split="test")
+    assert (train_ds.augment_speed, train_ds.augment_shift_px) == (0.2, 2) and test_ds.augment_speed == 0
+    plain = loop.build_dataset(cfg.override({"augment_speed": 0.0, "augment_shift_px": 0}), data_root)
+    assert loop.layout_prior(train_ds, cfg, 200) == loop.layout_prior(plain, cfg, 200)
+
+
 @pytest.mark.data
 @pytest.mark.slow
 def test_a_few_steps_on_talking_digits(data_root, tmp_path):

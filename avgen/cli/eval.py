@@ -5,6 +5,7 @@
                --random-events | --corrupt noise|shuffle | --codec-roundtrip | --renoise T] [--frechet]
     avgen eval --generate N --weights DIR --json OUT.json [--duration S] [--dataset shapes]
     avgen eval --generate N --weights DIR --mode a2v|v2a [--no-prompt]     # from real test audio / video
+    avgen eval --dataset talking-digits --denoise-error [--weights DIR] [--split train] [--n 256]
 
 Digits are read by the two trained judges (weights/judges); shapes clips by template judges
 (avgen/eval/shape_judges.py, nothing to load), so glyph / tone accuracy fills the digit fields.
@@ -45,6 +46,10 @@ def register(sub) -> None:
     g.add_argument("--renoise", type=number(0.001, 0.999), default=None, metavar="T",
                    help="both modalities noised to level T (1 = pure noise) and denoised by the model of "
                    "--weights (default: the shipped weights): where along the noise scale it loses real clips")
+    g.add_argument("--denoise-error", action="store_true",
+                   help="no clips are written: the model's (--weights, default: the shipped weights) x0 error per "
+                   "modality at fixed noise levels on the split's first N clips (see avgen/eval/denoise.py); the "
+                   "same on --split train gives the generalisation gap")
     g.add_argument("--frechet", action="store_true",
                    help="also FD / KID against 2N other real clips, with the real-vs-real floor")
     g = p.add_argument_group("a model")
@@ -89,6 +94,18 @@ def mode_of(args) -> str:
     mode = modes[0]
     through_model = args.codec_roundtrip or args.renoise is not None
     controls = args.shift_ms or args.swap_audio or args.random_events or args.corrupt or through_model
+    if args.denoise_error:
+        if mode != "dataset" or controls or args.frechet:
+            raise UsageError("--denoise-error measures a model on --dataset clips as they are: no --generate, "
+                             "paths, controls or --frechet")
+        if args.dataset != "talking-digits" and args.dataset != "shapes":
+            raise UsageError(f"--denoise-error needs clips with events; {args.dataset} has none")
+        if args.json is not None and args.json.is_dir():
+            raise UsageError(f"--json {args.json} is a directory; give a file name")
+        if args.weights is not None:
+            from avgen.train.checkpoint import check_weights_folder
+            check_weights_folder(args.weights)
+        return "denoise"
     if controls and mode != "dataset":
         raise UsageError("--shift-ms, --swap-audio, --random-events, --corrupt, --codec-roundtrip and --renoise "
                          "apply to --dataset clips only")
@@ -147,9 +164,38 @@ def run(args) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     try:
-        return evaluate_and_report(args, mode)
+        return denoise_report(args) if mode == "denoise" else evaluate_and_report(args, mode)
     finally:
         torch.set_num_threads(threads)  # callers in the same process (tests, the demo) keep theirs
+
+
+def denoise_report(args) -> int:
+    """--denoise-error: the table, and the JSON with what was measured on what."""
+    import json
+
+    from avgen.data import make_dataset
+    from avgen.eval.denoise import LEVELS, dataset_denoise_error, format_table
+    from avgen.model.config import spec_from_dict
+    from avgen.model.device import resolve_device
+    from avgen.model.pipeline import DEFAULT_WEIGHTS
+    from avgen.train.loop import load_weights_folder
+
+    weights = args.weights or DEFAULT_WEIGHTS
+    model = load_weights_folder(weights).eval().to(resolve_device(args.device))
+    ds = make_dataset(args.dataset, split=args.split, seed=args.seed, spec=spec_from_dict(model.config.clip_spec),
+                      data_root=args.data_root)  # rendered at the model's own clip spec
+    t0 = time.time()
+    errors = dataset_denoise_error(model, ds, args.n, LEVELS, seed=args.seed)
+    print(f"avgen eval (denoise error): {weights}, {args.n} {args.dataset} {args.split} clips "
+          f"(seed {args.seed}), {time.time() - t0:.1f} s; x0 mean squared error per token channel")
+    print(format_table(errors))
+    if args.json:
+        record = {"mode": "denoise", "weights": str(weights), "dataset": args.dataset, "split": args.split,
+                  "n": args.n, "seed": args.seed, "levels": list(LEVELS), "x0_error": errors, "argv": sys.argv[1:]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
 
 
 def evaluate_and_report(args, mode: str) -> int:

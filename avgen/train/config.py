@@ -37,6 +37,8 @@ class TrainConfig:
     spec: ClipSpec = ClipSpec()
     dataset: str = "shapes"  # make_dataset name: talking-digits | shapes | folder:PATH
     data_seed: int = 0  # the dataset's seed: clip g of the run is make_dataset(..., seed=data_seed)[g]
+    augment_speed: float = 0.0  # talking-digits training clips: speech speed drawn in [1/(1+a), 1+a] (0 = off)
+    augment_shift_px: int = 0  # talking-digits training clips: digit images moved by up to this many pixels
     seed: int = 0  # model initialisation and every per-sample draw (noise, t, dropouts)
     # optimisation
     steps: int = 1000
@@ -59,13 +61,16 @@ class TrainConfig:
     sample_every: int = 500  # 0 = never; sample clips from the EMA model into RUN_DIR/samples
     num_samples: int = 4
     sample_steps: int = 25
+    val_every: int = 0  # 0 = never; the EMA weights' held-out denoising error (avgen.eval.denoise) into metrics
+    val_clips: int = 64  # test-split clips it is measured on (the same clips every time)
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "log_every", "ckpt_every", "keep_last", "num_samples", "sample_steps")
+        positive = ("steps", "batch_size", "log_every", "ckpt_every", "keep_last", "num_samples", "sample_steps",
+                "val_clips")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "sample_every", "weight_decay", "grad_clip"):
+        for name in ("warmup_steps", "sample_every", "val_every", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -114,7 +119,9 @@ class TrainConfig:
 # 57 / 60%, and 2800 steps were no better. `digits-cpu`
 # keeps a constant LR after warmup so that it can be extended with `--resume --steps N` across
 # sessions (end it with `--set lr_schedule=wsd --set decay_steps=N` for a cooldown). `digits-gpu`
-# is for one H200 (bf16, AVDiT-B, big batch) and has not been timed yet.
+# is for one H200 (bf16, big batch). Timed once (scripts/gpu_train.py, session 15): AVDiT-S grown to
+# depth 8 at batch 256 with 14 data workers ran 8.3 steps/s (2,100 clips/s) with the GPU's SMs 20-40%
+# busy (nvidia-smi dmon): the input side, not the GPU, sets that pace.
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(model=MODEL_PRESETS["AVDiT-T"], spec=ClipSpec(duration=1.5, height=8, width=8),
                         steps=8, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, log_every=1,
@@ -126,7 +133,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                               sample_every=1000),
     "digits-gpu": TrainConfig(dataset="talking-digits", model=MODEL_PRESETS["AVDiT-B"], steps=50_000,
                               batch_size=256, lr=4e-4, warmup_steps=1000, ema_decay=0.9995, log_every=50,
-                              ckpt_every=1000, sample_every=5000, num_samples=8),
+                              ckpt_every=1000, sample_every=5000, num_samples=8, val_every=250, val_clips=256),
 }
 
 # A nested config may be set by a preset name: `model=AVDiT-B`, `codec=mel64`.

@@ -230,8 +230,14 @@ def clip_slots(clips, frames_per_token: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows))
 
 
-def build_dataset(cfg: TrainConfig, data_root=None):
-    return make_dataset(cfg.dataset, split="train", seed=cfg.data_seed, spec=cfg.spec, data_root=data_root)
+def build_dataset(cfg: TrainConfig, data_root=None, split: str = "train"):
+    """The run's clips; augmentation (talking-digits only) applies to the train split alone."""
+    augment = {}
+    if split == "train" and (cfg.augment_speed or cfg.augment_shift_px):
+        if cfg.dataset != "talking-digits":
+            raise ValueError(f"augment_speed / augment_shift_px apply to talking-digits, not {cfg.dataset}")
+        augment = {"augment_speed": cfg.augment_speed, "augment_shift_px": cfg.augment_shift_px}
+    return make_dataset(cfg.dataset, split=split, seed=cfg.data_seed, spec=cfg.spec, data_root=data_root, **augment)
 
 
 # ============================================================================ model, EMA, optimiser
@@ -359,6 +365,8 @@ def layout_prior(ds, cfg: TrainConfig, num_clips: int = 2000) -> dict:
     """Event lengths of the first training clips (stored with the weights: text-to-AV draws timelines)."""
     from avgen.model.timeline import LayoutPrior
 
+    if getattr(ds, "augment_speed", 0) or getattr(ds, "augment_shift_px", 0):  # the lengths as recorded
+        ds = make_dataset(cfg.dataset, split=ds.split, seed=ds.seed, spec=ds.spec, data_root=ds.root)
     clips = [ds[i] for i in range(min(num_clips, len(ds)))]
     if not any(c.events for c in clips):
         raise ValueError(f"timeline_cond needs ground-truth events; dataset {cfg.dataset} has none")
@@ -562,6 +570,39 @@ def write_samples(trainer: Trainer, prompts: list[str], step: int, run_dir: Path
     return {"samples": str(folder.relative_to(run_dir)), **figures}
 
 
+def validation_batch(trainer: Trainer, data_root, log) -> dict | None:
+    """The test-split clips that `val_every` measures on (the first `val_clips` of the run's data seed),
+    as network inputs; None (with a note) for a dataset without a test split of events."""
+    from avgen.eval.denoise import clip_batch
+
+    cfg, model = trainer.cfg, trainer.model
+    try:
+        ds = build_dataset(cfg, data_root, split="test")
+        clips = [ds[i] for i in range(min(cfg.val_clips, len(ds)))]
+    except (ValueError, OSError) as e:
+        log(f"val_every: no validation ({one_line(e)})")
+        return None
+    if model.config.get("timeline_cond") and not any(c.events for c in clips):
+        log(f"val_every: the {cfg.dataset} test clips carry no events for the timeline input; no validation")
+        return None
+    return clip_batch(clips, model.config.vocab, model.config.max_events, cfg.codec.frames_per_token, ds.parse_prompt)
+
+
+def validate(trainer: Trainer, batch: dict) -> dict:
+    """The EMA weights' denoising error on the validation clips ({"val_x0_audio@0.3": ..., ...}), computed
+    as the training step computes (bf16 autocast on CUDA when the run uses it)."""
+    from avgen.eval.denoise import denoise_error, flat
+
+    net = trainer.ema.copy_to(copy.deepcopy(trainer.model)).eval()
+    with autocast(trainer.rt.device) if trainer.cfg.bf16 else contextlib.nullcontext():
+        errors = denoise_error(net, trainer.codec, batch, seed=trainer.cfg.seed)
+    return flat(errors, "val_x0")
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def _samples_or_error(trainer: Trainer, prompts: list[str], step: int, run_dir: Path, log, judges) -> dict:
     """Samples are a side output: a failure there is logged and training goes on (the checkpoint of
     this step is already on disk), rather than ending a long run."""
@@ -713,15 +754,18 @@ def _write_run_files(run_dir: Path, cfg: TrainConfig, rt: Runtime, extra: dict) 
 
 
 class Recorder:
-    """What follows each step on rank 0: progress bar, metrics.jsonl, checkpoints, sample clips."""
+    """What follows each step on rank 0: progress bar, metrics.jsonl, checkpoints, sample clips,
+    held-out validation."""
 
-    def __init__(self, trainer: Trainer, ds, run_dir: Path, start: Progress, resume: bool, show_bar: bool, log):
+    def __init__(self, trainer: Trainer, ds, run_dir: Path, start: Progress, resume: bool, show_bar: bool, log,
+                 data_root=None):
         self.trainer, self.cfg, self.run_dir, self.log = trainer, trainer.cfg, run_dir, log
         self.main = trainer.rt.is_main
         self.metrics = MetricsLog(run_dir / METRICS_FILE, start.step if resume else None, self.main)
         sampling = bool(self.cfg.sample_every and self.main)
         self.prompts = sample_prompts(ds, self.cfg.num_samples) if sampling else []
         self.judges = load_judges(ds, log) if sampling else None
+        self.val_batch = validation_batch(trainer, data_root, log) if self.cfg.val_every and self.main else None
         self.window, self.saved, self.last = Window(), None, None
         self.bar = tqdm(total=self.cfg.steps, initial=start.step, disable=not show_bar, unit="step",
                         dynamic_ncols=True)
@@ -741,6 +785,8 @@ class Recorder:
             self.log_window(result, progress)
         if self.main and (step % cfg.ckpt_every == 0 or last):
             self.saved = self.trainer.save(self.run_dir, progress)
+        if self.val_batch is not None and step % cfg.val_every == 0:
+            self.metrics.write({"step": step, **validate(self.trainer, self.val_batch)})
         if self.main and cfg.sample_every and step % cfg.sample_every == 0:
             self.metrics.write({"step": step, **_samples_or_error(self.trainer, self.prompts, step, self.run_dir,
                                                                   self.log, self.judges)})
@@ -798,7 +844,7 @@ def _train(cfg, run_dir: Path, resume, init_from, data_root, rt: Runtime, show_b
     if rt.is_main:
         _write_run_files(run_dir, cfg, rt, {"init_from": init_from, "grow_depth": grow_depth, "data_root": data_root,
                                             "workers": workers, "max_seconds": max_seconds})
-    recorder = Recorder(trainer, ds, run_dir, progress, resume, show_bar, log)
+    recorder = Recorder(trainer, ds, run_dir, progress, resume, show_bar, log, data_root)
     order = SampleOrder(len(ds), cfg.data_seed, shuffle=not isinstance(ds, EventDataset))
     result, began = None, _now()
     stream = batches(ds, order, progress.data_position, cfg, rt, trainer.draw_spec(), workers)
