@@ -212,6 +212,10 @@ def test_batches_from_any_position_match_load_batch_and_the_generators_draws(tmp
             assert (a is None and b is None) or torch.equal(a, b), field
         assert all(torch.equal(got.draws.t[m], again.t[m]) and torch.equal(got.draws.noise[m], again.noise[m])
                    for m in ("video", "audio"))
+    halved = got.draws.map(lambda x: x.double() / 2)  # what .to() and .pin_memory() apply, to every tensor
+    assert halved.noise["audio"].dtype == torch.float64 and torch.equal(halved.noise["audio"] * 2,
+                                                                         got.draws.noise["audio"].double())
+    assert halved.keep_timeline is None or halved.keep_timeline.dtype == torch.float64
     stream.close()
 
 

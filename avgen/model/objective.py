@@ -110,21 +110,17 @@ class Draws:
     keep_timeline: torch.Tensor | None = None  # (B,) bool; drawn only for a model with the timeline input
 
     def to(self, device, non_blocking: bool = False) -> "Draws":
-        def move(v):
-            if isinstance(v, dict):
-                return {k: x.to(device, non_blocking=non_blocking) for k, x in v.items()}
-            return None if v is None else v.to(device, non_blocking=non_blocking)
-
-        return Draws(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+        return self.map(lambda x: x.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Draws":  # DataLoader(pin_memory=True) calls this on custom batch types
-        return Draws(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})
+        return self.map(lambda x: x.pin_memory())
 
+    def map(self, fn) -> "Draws":
+        """`fn` applied to every tensor (the per-modality ones too)."""
+        def one(v):
+            return {k: fn(x) for k, x in v.items()} if isinstance(v, dict) else None if v is None else fn(v)
 
-def _pin(v):
-    if isinstance(v, dict):
-        return {k: x.pin_memory() for k, x in v.items()}
-    return None if v is None else v.pin_memory()
+        return Draws(**{f.name: one(getattr(self, f.name)) for f in fields(self)})
 
 
 def draw_randomness(generator: Generator, batch: int, token_shapes: dict[str, tuple[int, int]],

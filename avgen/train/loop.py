@@ -40,8 +40,7 @@ from avgen.model.codec import AVCodec
 from avgen.model.config import CodecConfig, ModelConfig, spec_from_dict
 from avgen.model.device import autocast, resolve_device
 from avgen.model.objective import Draws, ObjectiveConfig, draw_randomness, encode_prompts, training_loss
-from avgen.model.transformer import MEDIA
-from avgen.model.transformer import AVDiT
+from avgen.model.transformer import AVDiT, MEDIA
 from avgen.train.checkpoint import (latest_checkpoint, list_checkpoints, load_training_state,
                                     save_training_state)
 from avgen.train.config import TrainConfig, lr_factor
