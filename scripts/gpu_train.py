@@ -20,6 +20,16 @@ is bounded by the clock and a failing phase does not stop the next one:
 
 Everything it runs is the library's own CLI; the script only schedules. `--device cpu` with a small
 budget rehearses the whole sequence on a machine without a GPU.
+
+How session 15 called it on the device (the machine has torch but not diffusers, and no data): an
+ignored folder `.dev/` carried the wheels of diffusers 0.42.1 and importlib_metadata
+(`pip download --no-deps --only-binary=:all: --python-version 3.12 ...`) and the data as one
+`data.tar.xz` (15 MB; the checkout and it must stay under the 64 MiB that travels), then
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .dev/*.whl
+    export PYTHONPATH=$PWD:/tmp/site AVGEN_DATA=/tmp/data/data
+    python3 -c "import tarfile; tarfile.open('.dev/data.tar.xz').extractall('/tmp/data')"
+    python3 scripts/gpu_train.py --out $OUT --budget-s 540 --workers 14
 """
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "log_every", "ckpt_every", "keep_last", "num_samples", "sample_steps",
-                "val_clips")
+                    "val_clips")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -119,9 +119,10 @@ class TrainConfig:
 # 57 / 60%, and 2800 steps were no better. `digits-cpu`
 # keeps a constant LR after warmup so that it can be extended with `--resume --steps N` across
 # sessions (end it with `--set lr_schedule=wsd --set decay_steps=N` for a cooldown). `digits-gpu`
-# is for one H200 (bf16, big batch). Timed once (scripts/gpu_train.py, session 15): AVDiT-S grown to
-# depth 8 at batch 256 with 14 data workers ran 8.3 steps/s (2,100 clips/s) with the GPU's SMs 20-40%
-# busy (nvidia-smi dmon): the input side, not the GPU, sets that pace.
+# is for one H200 (bf16, big batch). Timed once, from the shipped weights (scripts/gpu_train.py,
+# session 15: `--init-from weights/avgen --grow-depth 8`, so AVDiT-S at depth 8, not the preset's
+# AVDiT-B): batch 256 with 14 data workers ran 8.3 steps/s (2,100 clips/s) with the GPU's SMs 20-40%
+# busy (nvidia-smi dmon), so the input side, not the GPU, set the pace.
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(model=MODEL_PRESETS["AVDiT-T"], spec=ClipSpec(duration=1.5, height=8, width=8),
                         steps=8, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, log_every=1,
