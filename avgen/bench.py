@@ -252,6 +252,30 @@ def loop_figures(pipe, cfg: BenchConfig, batch: int, gemm: float, device) -> dic
                                                               for k, v in r.items()}}
 
 
+def captured_figures(pipe, cfg: BenchConfig, device) -> dict:
+    """Batch-1 latency with the network compiled, beside the eager figures: on CUDA with graph capture
+    (`torch.compile(mode="reduce-overhead")`: each step's few hundred kernel launches replayed as one
+    graph), on CPU with inductor. The first call, which compiles, is timed apart. A failure to
+    compile is reported, not raised: the eager figures stand either way."""
+    eager = pipe.transformer
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    try:
+        pipe.transformer = torch.compile(eager, dynamic=False, mode=mode)
+        pipe.set_progress_bar_config(disable=True)
+        sync(device)
+        t0 = time.perf_counter()
+        pipe(**call_kwargs(pipe, cfg, 1, None))  # compiles every shape the loop uses (guided and unguided)
+        sync(device)
+        first = time.perf_counter() - t0
+        r = time_generation(pipe, cfg, 1, None, device, cfg.repeats)
+    except Exception as e:  # noqa: BLE001 (a compiler failure of any kind is a figure here)
+        return {"mode": mode or "default", "error": " ".join(f"{type(e).__name__}: {e}".split())[:500]}
+    finally:
+        pipe.transformer = eager
+    return {"mode": mode or "default", "first_call_seconds": round(first, 2),
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
+
+
 def fit_exponent(xs, ys) -> float:
     """Least-squares slope of log(y) against log(x): cost ~ x ** slope."""
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
@@ -314,7 +338,7 @@ def training_figures(cfg: BenchConfig, gemm: float, device) -> dict:
 
 
 # ----------------------------------------------------------------------------- the report
-def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print) -> dict:
+def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print, captured: bool = False) -> dict:
     from avgen.model.device import resolve_device
 
     dev = resolve_device(device)
@@ -329,6 +353,9 @@ def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print) -
     report.update({k: v for k, v in batches[0].items() if k != "batch"})
     report["batches"] = {str(r["batch"]): r for r in batches}
     log("loop measured")
+    if captured:
+        report["captured"] = captured_figures(pipe, cfg, dev)
+        log("captured loop measured")
     report["scaling"] = scaling(pipe, cfg, dev)
     log("scaling measured")
     report.update(training_figures(cfg, report["gemm_gflops"], dev))
@@ -348,6 +375,11 @@ def format_table(r: dict) -> str:
                   f"{100 * x['matmul_share_of_loop']:.0f}% of the loop's time"),
                  (f"batch {b}: per clip", f"{x['generate_seconds']:.3f} s for {x['clip_seconds']:.2f} s "
                                           f"(rtf {x['rtf']:.3f}), peak {x['peak_mem_mb']:.0f} MB")]
+    if "captured" in r:
+        c = r["captured"]
+        rows.append(("batch 1: captured", f"compile failed ({c['error']})" if "error" in c else
+                     f"{c['generate_seconds']:.3f} s per clip, {1e3 * c['step_seconds']:.1f} ms per step "
+                     f"({c['mode']}; first call {c['first_call_seconds']:.1f} s)"))
     s = r["scaling"]
     rows += [("s/clip by duration", f"{s['seconds_by_duration']} exponent {s['duration_exponent']}"),
              ("s/clip by batch", f"{s['seconds_per_clip_by_batch']} (batch cost exponent {s['batch_exponent']})"),

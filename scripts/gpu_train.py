@@ -6,7 +6,8 @@ Made for the device machine (one H200, 16 cores), whose whole lease is a few min
 is bounded by the clock and a failing phase does not stop the next one:
 
 1. `scripts/gpu_check.py --weights weights/avgen`: CPU fp32 against CUDA bf16 (velocity, events,
-   seconds per clip), then `avgen bench --device cuda` (the loop's utilisation on the GPU).
+   seconds per clip), then `avgen bench --device cuda --captured` (the loop's utilisation on the
+   GPU; batch 1 eager and with the step captured as a CUDA graph).
 2. Training, in two `avgen train` calls on the same run folder:
    a. the shipped weights grown to `--grow-depth` blocks (the new ones start as the identity), a big
       batch at a constant LR, for a share of the time left (`--max-minutes`);
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--constant-share", type=float, default=0.6, help="share of the training time at the peak LR")
     p.add_argument("--check-s", type=float, default=75.0, help="time for the gpu_check phase")
-    p.add_argument("--bench-s", type=float, default=80.0, help="time for the bench phase (0 = skip)")
+    p.add_argument("--bench-s", type=float, default=150.0, help="time for the bench phase (0 = skip)")
     p.add_argument("--reserve-s", type=float, default=45.0, help="kept back for export and packing")
     p.add_argument("--min-train-s", type=float, default=300.0, help="the checks stop early to leave this for training")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
                                        "--out", checks], log, min(args.check_s, clock.left() - args.min_train_s))
         if args.bench_s > 0:
             summary["bench_rc"] = run(AVGEN + ["bench", "--device", args.device, "--weights", "weights/avgen",
-                                               "--json", checks / "bench.json"], log,
+                                               "--captured", "--json", checks / "bench.json"], log,
                                       min(args.bench_s, clock.left() - args.min_train_s))
 
         # 2a. grow, then train at the peak LR (dmon samples the GPU's load meanwhile)

@@ -27,6 +27,23 @@ def test_bench_tiny(tmp_path, capsys):
     assert "gemm ceiling" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_bench_captured_reports_the_compiled_batch_1_beside_eager(tmp_path, capsys, monkeypatch):
+    from avgen import bench
+
+    report = bench.run_bench(bench.BENCH_PRESETS["tiny"], device="cpu", log=lambda m: None, captured=True)
+    c = report["captured"]
+    assert c["mode"] == "default" and "error" not in c, c
+    assert c["generate_seconds"] > 0 and c["first_call_seconds"] > 0 and c["step_seconds"] > 0
+    assert "batch 1: captured" in bench.format_table(report)
+    monkeypatch.setattr(bench.torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no compiler")))
+    pipe = bench.make_pipeline(bench.BENCH_PRESETS["tiny"], bench.torch.device("cpu"))
+    eager = pipe.transformer
+    failed = bench.captured_figures(pipe, bench.BENCH_PRESETS["tiny"], bench.torch.device("cpu"))
+    assert failed == {"mode": "default", "error": "RuntimeError: no compiler"} and pipe.transformer is eager
+    assert "compile failed" in bench.format_table({**report, "captured": failed})
+
+
 def test_bench_rejects_unknown_preset(capsys):
     assert main(["bench", "--preset", "huge"]) == 2
     assert "unknown bench preset" in capsys.readouterr().err

@@ -15,7 +15,7 @@ def cmd_bench(args) -> int:
     if args.weights:
         from avgen.train.checkpoint import check_weights_folder
         check_weights_folder(args.weights)
-    report = run_bench(BENCH_PRESETS[args.preset], device=args.device, weights=args.weights)
+    report = run_bench(BENCH_PRESETS[args.preset], device=args.device, weights=args.weights, captured=args.captured)
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -30,4 +30,6 @@ def register(sub) -> None:
     p.add_argument("--preset", default="default", help="default (the demo's settings) or tiny (a smoke test)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--weights", default=None, help="time these weights instead of a fresh model of the same size")
+    p.add_argument("--captured", action="store_true",
+                   help="also batch 1 with the network compiled (CUDA: graph capture; CPU: inductor), beside eager")
     p.set_defaults(func=cmd_bench)
