@@ -35,6 +35,7 @@ ignored folder `.dev/` carried the wheels of diffusers 0.42.1 and importlib_meta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -100,6 +101,22 @@ def pack(out: Path, members: list[Path], log) -> None:
     tar_path.unlink()
 
 
+@contextlib.contextmanager
+def gpu_load(path: Path, log):
+    """`nvidia-smi dmon` (SM and memory load every 10 s) into `path` while the block runs, if there is a GPU."""
+    if not shutil.which("nvidia-smi"):
+        yield
+        return
+    run(["df", "-h", "/dev/shm", "/tmp"], log, 10)
+    with open(path, "w") as out:
+        dmon = subprocess.Popen(["nvidia-smi", "dmon", "-s", "um", "-d", "10"], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield
+        finally:
+            dmon.terminate()
+            dmon.wait(timeout=10)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -139,50 +156,40 @@ def main(argv=None) -> int:
                                       min(args.bench_s, clock.left() - args.min_train_s))
 
         # 2a. grow, then train at the peak LR (dmon samples the GPU's load meanwhile)
-        dmon = dmon_file = None
-        if shutil.which("nvidia-smi"):
-            run(["df", "-h", "/dev/shm", "/tmp"], log, 10)
-            dmon_file = open(checks / "dmon.txt", "w")
-            dmon = subprocess.Popen(["nvidia-smi", "dmon", "-s", "um", "-d", "10"], stdout=dmon_file,
-                                    stderr=subprocess.STDOUT)
-        workers = args.workers
-        for attempt in range(2):  # a second try in this process's data path if the workers failed
-            train_s = clock.left() - args.reserve_s
-            first_min = max(0.5, args.constant_share * train_s - 20) / 60  # ~20 s of start-up per call
-            summary[f"train_a_rc{attempt}"] = run(AVGEN + [
-                "train", "--dataset", "talking-digits", "--preset", "digits-gpu", "--out", run_dir,
-                "--init-from", "weights/avgen", "--grow-depth", args.grow_depth,
-                "--set", f"batch_size={args.batch_size}", "--set", f"lr={args.lr}", "--set", "lr_schedule=constant",
-                "--set", "warmup_steps=300", "--set", "ema_decay=0.9995", "--set", "data_seed=2",
-                "--set", "sample_every=0", "--set", "ckpt_every=2000", "--set", "keep_last=2", "--set", "log_every=50",
-                *[x for kv in args.overrides for x in ("--set", kv)],
-                "--steps", 1_000_000, "--max-minutes", f"{first_min:.3f}", "--workers", workers,
-                "--device", args.device, "--no-progress"], log, clock.left() - args.reserve_s)
-            if list((run_dir / "checkpoints").glob("*.safetensors")) or clock.left() < args.reserve_s + 90:
-                break
-            shutil.rmtree(run_dir, ignore_errors=True)
-            workers = 0
+        with gpu_load(checks / "dmon.txt", log):
+            workers = args.workers
+            for attempt in range(2):  # a second try in this process's data path if the workers failed
+                train_s = clock.left() - args.reserve_s
+                first_min = max(30.0, args.constant_share * train_s - 20) / 60  # ~20 s of start-up per call
+                summary[f"train_a_rc{attempt}"] = run(AVGEN + [
+                    "train", "--dataset", "talking-digits", "--preset", "digits-gpu", "--out", run_dir,
+                    "--init-from", "weights/avgen", "--grow-depth", args.grow_depth,
+                    *[x for kv in (f"batch_size={args.batch_size}", f"lr={args.lr}", "lr_schedule=constant",
+                                   "warmup_steps=300", "ema_decay=0.9995", "data_seed=2", "sample_every=0",
+                                   "ckpt_every=2000", "keep_last=2", "log_every=50", *args.overrides)
+                      for x in ("--set", kv)],
+                    "--steps", 1_000_000, "--max-minutes", f"{first_min:.3f}", "--workers", workers,
+                    "--device", args.device, "--no-progress"], log, clock.left() - args.reserve_s)
+                if list((run_dir / "checkpoints").glob("*.safetensors")) or clock.left() < args.reserve_s + 90:
+                    break
+                shutil.rmtree(run_dir, ignore_errors=True)
+                workers = 0
 
-        # 2b. cooldown sized from the measured rate
-        try:
-            step, rate = last_rate(run_dir)
-            left = clock.left() - args.reserve_s - 25  # its start-up
-            decay = max(10, int(0.9 * rate * left))
-            summary.update(step_a=step, steps_per_s_a=round(rate, 2), decay_steps=decay)
-            summary["train_b_rc"] = run(AVGEN + [
-                "train", "--out", run_dir, "--resume", "--steps", step + decay, "--set", "lr_schedule=wsd",
-                "--set", f"decay_steps={decay}", "--set", f"warmup_steps={min(300, step)}",
-                "--max-minutes", f"{max(0.2, left / 60):.3f}", "--workers", workers, "--device", args.device,
-                "--no-progress"], log, clock.left() - args.reserve_s + 10)
-            summary["step_b"], summary["steps_per_s_b"] = [round(x, 2) for x in last_rate(run_dir)]
-        except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
-            log.write(f"cooldown not run: {e!r}\n")
-            log.flush()
-
-        if dmon is not None:
-            dmon.terminate()
-            dmon.wait(timeout=10)
-            dmon_file.close()
+            # 2b. cooldown sized from the measured rate
+            try:
+                step, rate = last_rate(run_dir)
+                left = clock.left() - args.reserve_s - 25  # its start-up
+                decay = max(10, int(0.9 * rate * left))
+                summary.update(step_a=step, steps_per_s_a=round(rate, 2), decay_steps=decay)
+                summary["train_b_rc"] = run(AVGEN + [
+                    "train", "--out", run_dir, "--resume", "--steps", step + decay, "--set", "lr_schedule=wsd",
+                    "--set", f"decay_steps={decay}", "--set", f"warmup_steps={min(300, step)}",
+                    "--max-minutes", f"{max(0.2, left / 60):.3f}", "--workers", workers, "--device", args.device,
+                    "--no-progress"], log, clock.left() - args.reserve_s + 10)
+                summary["step_b"], summary["steps_per_s_b"] = [round(x, 2) for x in last_rate(run_dir)]
+            except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
+                log.write(f"cooldown not run: {e!r}\n")
+                log.flush()
 
         # 3. export and pack
         export = args.work / "export"

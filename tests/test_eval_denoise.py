@@ -75,6 +75,8 @@ def test_each_clip_keeps_its_noise_whatever_the_chunks(model):
     first = denoise_error(model, codec, {k: v[:1] for k, v in batch.items()}, seed=3)
     alone = denoise_error(model, codec, batch_of(model, 1)[1], seed=3)
     assert first == alone
+    ds = make_dataset("shapes", split="test", seed=0, spec=codec.spec)
+    assert close(dataset_denoise_error(model, ds, 4, seed=3, chunk=3), whole)  # rendered 3 clips at a time
 
 
 def test_training_logs_the_ema_weights_validation_error(weights):
@@ -88,6 +90,19 @@ def test_training_logs_the_ema_weights_validation_error(weights):
     ds = make_dataset("shapes", split="test", seed=0, spec=AVCodec.from_config(model.config).spec)
     logged = {k: v for k, v in val[-1].items() if k.startswith("val_x0")}  # the exported EMA weights, step 2
     assert logged == pytest.approx(flat(dataset_denoise_error(model, ds, 3), "val_x0"), rel=1e-4)
+
+
+def test_a_failed_validation_is_logged_and_training_goes_on(tmp_path, monkeypatch):
+    import avgen.eval.denoise as denoise
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    monkeypatch.setattr(denoise, "denoise_error", out_of_memory)
+    result = train(preset("tiny", {"steps": 2, "val_every": 1}), tmp_path / "run", device="cpu", progress_bar=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result.step == 2 and [r["val_error"] for r in rows if "val_error" in r] == \
+        ["CUDA out of memory (pretend)"] * 2
 
 
 def test_cli_prints_the_table_and_writes_json(weights, capsys):

@@ -117,6 +117,8 @@ CASES = {
                                               "--json", "{out}.json"],
     "eval denoise error with frechet": ["eval", "--dataset", "shapes", "--denoise-error", "--frechet",
                                         "--json", "{out}.json"],
+    "eval denoise error with duration": ["eval", "--dataset", "shapes", "--denoise-error", "--duration", "2",
+                                         "--json", "{out}.json"],
     "eval denoise error weights missing": ["eval", "--dataset", "shapes", "--denoise-error", "--weights",
                                            "{missing}", "--json", "{out}.json"],
     "eval denoise error corrupted weights": ["eval", "--dataset", "shapes", "--denoise-error", "--weights", "{bad_w}",

@@ -236,6 +236,11 @@ def test_a_time_limit_stops_with_a_checkpoint_and_resume_matches_a_straight_run(
         assert all(torch.equal(a[k], b[k]) for k in a), prefix
     with pytest.raises(ValueError, match="max_seconds"):
         train(cfg, tmp_path / "never", device="cpu", progress_bar=False, max_seconds=0)
+    clock = iter(range(0, 1000, 10))  # the limit passes at the last step: the run simply ends there
+    monkeypatch.setattr(loop, "_now", lambda: float(next(clock)))
+    done = train(tiny(steps=3, ckpt_every=2, log_every=2), tmp_path / "last", device="cpu", progress_bar=False,
+                 max_seconds=25)
+    assert done.step == 3 and [m["step"] for m in metrics(tmp_path / "last")] == [2, 3]
 
 
 def test_resume_trains_at_the_changed_peak_lr(tmp_path):

@@ -98,6 +98,9 @@ def mode_of(args) -> str:
         if mode != "dataset" or controls or args.frechet:
             raise UsageError("--denoise-error measures a model on --dataset clips as they are: no --generate, "
                              "paths, controls or --frechet")
+        if args.duration is not None or args.mode != "t2av" or args.no_prompt or args.prompts:
+            raise UsageError("--denoise-error takes --n, --split, --seed, --weights, --device and --json, not "
+                             "--duration, --mode, --no-prompt or --prompts")
         if args.dataset != "talking-digits" and args.dataset != "shapes":
             raise UsageError(f"--denoise-error needs clips with events; {args.dataset} has none")
         if args.json is not None and args.json.is_dir():

@@ -37,45 +37,70 @@ def clip_batch(clips, vocab, max_events: int, frames_per_token: int, parse_promp
     return {"frames": frames, "audio": audio, "ids": ids, "mask": mask, "slots": clip_slots(clips, frames_per_token)}
 
 
-@torch.no_grad()
-def denoise_error(model, codec, batch: dict, levels=LEVELS, seed: int = 0, chunk: int = 64) -> dict[str, dict]:
-    """{modality: {level: x0 MSE}} of `model` (an AVDiT) on one batch from `clip_batch`, on the model's
-    device and dtype, in chunks of `chunk` clips."""
+def check_levels(levels) -> None:
     if not levels or any(not 0 < t <= 1 for t in levels):
         raise ValueError(f"noise levels must lie in (0, 1], got {list(levels)}")
+
+
+@torch.no_grad()
+def error_sums(model, codec, batch: dict, levels, seed: int, first: int = 0) -> dict[str, np.ndarray]:
+    """{modality: (levels,)} summed per-clip x0 MSE over one batch whose clip i is clip `first + i` of
+    the measurement (its noise is keyed by that number)."""
     from avgen.train.loop import sample_generator
 
     device = next(model.parameters()).device
     timeline = bool(model.config.get("timeline_cond", False))
-    n = batch["frames"].shape[0]
+    part = {k: v.to(device) for k, v in batch.items()}
+    x0 = codec.encode(part["frames"], part["audio"])
+    gens = [sample_generator(seed, first + i) for i in range(x0["video"].shape[0])]
+    noise = {m: torch.cat([torch.randn((1, *x0[m].shape[1:]), generator=g) for g in gens]).to(device) for m in MEDIA}
     sums = {m: np.zeros(len(levels)) for m in MEDIA}
-    for start in range(0, n, chunk):
-        part = {k: v[start:start + chunk].to(device) for k, v in batch.items()}
-        x0 = codec.encode(part["frames"], part["audio"])
-        gens = [sample_generator(seed, i) for i in range(start, start + x0["video"].shape[0])]
-        noise = {m: torch.cat([torch.randn((1, *x0[m].shape[1:]), generator=g) for g in gens]).to(device)
-                 for m in MEDIA}
-        for i, level in enumerate(levels):
-            t = torch.full((x0["video"].shape[0],), float(level), device=device)
-            x_t = {m: (1 - level) * x0[m] + level * noise[m] for m in MEDIA}
-            extra = {"slots": part["slots"]} if timeline else {}
-            pred = model(x_t["video"], x_t["audio"], t, t, part["ids"], part["mask"], **extra)
-            for m in MEDIA:
-                sums[m][i] += float((pred[m].float() - x0[m]).pow(2).mean(dim=(1, 2)).sum())
-    return {m: {float(level): float(sums[m][i] / n) for i, level in enumerate(levels)} for m in MEDIA}
+    for i, level in enumerate(levels):
+        t = torch.full((x0["video"].shape[0],), float(level), device=device)
+        x_t = {m: (1 - level) * x0[m] + level * noise[m] for m in MEDIA}
+        extra = {"slots": part["slots"]} if timeline else {}
+        pred = model(x_t["video"], x_t["audio"], t, t, part["ids"], part["mask"], **extra)
+        for m in MEDIA:
+            sums[m][i] = float((pred[m].float() - x0[m]).pow(2).mean(dim=(1, 2)).sum())
+    return sums
 
 
-def dataset_denoise_error(model, ds, n: int, levels=LEVELS, seed: int = 0, first_index: int = 0) -> dict:
-    """`denoise_error` on clips first_index .. first_index + n of a dataset (its events give the timelines)."""
+def denoise_error(model, codec, batch: dict, levels=LEVELS, seed: int = 0, chunk: int = 64) -> dict[str, dict]:
+    """{modality: {level: x0 MSE}} of `model` (an AVDiT) on one batch from `clip_batch`, on the model's
+    device and dtype, in chunks of `chunk` clips."""
+    check_levels(levels)
+    n = batch["frames"].shape[0]
+    return average((error_sums(model, codec, {k: v[start:start + chunk] for k, v in batch.items()}, levels, seed,
+                               start) for start in range(0, n, chunk)), n, levels)
+
+
+def dataset_denoise_error(model, ds, n: int, levels=LEVELS, seed: int = 0, first_index: int = 0,
+                          chunk: int = 64) -> dict:
+    """`denoise_error` on clips first_index .. first_index + n of a dataset (its events give the
+    timelines), rendered `chunk` clips at a time."""
     from avgen.model.codec import AVCodec
 
     if n < 1:
         raise ValueError(f"the denoising error needs at least one clip, got n={n}")
+    check_levels(levels)
     codec = AVCodec.from_config(model.config).to(next(model.parameters()).device)
-    clips = [ds[first_index + i] for i in range(n)]
-    batch = clip_batch(clips, model.config.vocab, model.config.max_events, codec.cfg.frames_per_token,
-                       ds.parse_prompt)
-    return denoise_error(model, codec, batch, levels, seed)
+
+    def batch_at(start: int) -> dict:
+        clips = [ds[first_index + i] for i in range(start, min(n, start + chunk))]
+        return clip_batch(clips, model.config.vocab, model.config.max_events, codec.cfg.frames_per_token,
+                          ds.parse_prompt)
+
+    return average((error_sums(model, codec, batch_at(start), levels, seed, start) for start in range(0, n, chunk)),
+                   n, levels)
+
+
+def average(parts, n: int, levels) -> dict[str, dict]:
+    """Summed errors of the parts of n clips -> {modality: {level: mean}}."""
+    total = {m: np.zeros(len(levels)) for m in MEDIA}
+    for sums in parts:
+        for m in MEDIA:
+            total[m] += sums[m]
+    return {m: {float(level): float(total[m][i] / n) for i, level in enumerate(levels)} for m in MEDIA}
 
 
 def flat(errors: dict, prefix: str = "x0") -> dict[str, float]:
@@ -91,4 +116,4 @@ def format_table(errors: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LEVELS", "clip_batch", "dataset_denoise_error", "denoise_error", "flat", "format_table"]
+__all__ = ["LEVELS", "clip_batch", "dataset_denoise_error", "denoise_error", "error_sums", "flat", "format_table"]

@@ -127,13 +127,17 @@ def draw_randomness(generator: Generator, batch: int, token_shapes: dict[str, tu
                     cfg: ObjectiveConfig = ObjectiveConfig(), timeline: bool = False, device="cpu") -> Draws:
     """All draws of one batch's loss: times, noise of shape (B, *token_shapes[m]), prompt and
     cross-modal dropout, and (timeline=True) timeline dropout. The order is part of the contract:
-    with the same generator(s) it is what `training_loss` draws itself."""
-    t = sample_times(batch, generator, cfg, device)
-    noise = {m: _normal(generator, (batch, *token_shapes[m]), device) for m in MEDIA}
-    keep_prompt = _uniform(generator, batch, device) >= cfg.p_drop_prompt
-    cross_modal = _uniform(generator, batch, device) >= cfg.p_drop_cross
-    keep_timeline = (_uniform(generator, batch, device) >= cfg.p_drop_timeline) if timeline else None
-    return Draws(t, noise, keep_prompt, cross_modal, keep_timeline)
+    with the same generator(s) it is what `training_loss` draws itself. Everything is computed on the
+    generators' device and moved to `device` at the end, so draws made ahead (in a data worker, on
+    the CPU) equal draws made in the step, whatever device trains."""
+    own = (generator[0] if isinstance(generator, (list, tuple)) and generator else generator)
+    here = own.device if isinstance(own, torch.Generator) else torch.device("cpu")
+    t = sample_times(batch, generator, cfg, here)
+    noise = {m: _normal(generator, (batch, *token_shapes[m]), here) for m in MEDIA}
+    keep_prompt = _uniform(generator, batch, here) >= cfg.p_drop_prompt
+    cross_modal = _uniform(generator, batch, here) >= cfg.p_drop_cross
+    keep_timeline = (_uniform(generator, batch, here) >= cfg.p_drop_timeline) if timeline else None
+    return Draws(t, noise, keep_prompt, cross_modal, keep_timeline).to(device)
 
 
 # ---------------------------------------------------------------------------- prompts
@@ -174,7 +178,8 @@ def x0_to_velocity(x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_min: 
 def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, prompt_ids: torch.Tensor,
                   prompt_mask: torch.Tensor, generator: Generator,
                   cfg: ObjectiveConfig = ObjectiveConfig(),
-                  slots: torch.Tensor | None = None, draws: Draws | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                  slots: torch.Tensor | None = None,
+                  draws: Draws | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The rectified-flow loss of one batch of clips: frames (B, T, H, W, C) in [0, 1], audio (B, S).
 
     Returns (scalar loss = video loss + audio loss, stats). A modality's loss is averaged over the

@@ -578,23 +578,29 @@ def validation_batch(trainer: Trainer, data_root, log) -> dict | None:
     try:
         ds = build_dataset(cfg, data_root, split="test")
         clips = [ds[i] for i in range(min(cfg.val_clips, len(ds)))]
+        if model.config.get("timeline_cond") and not any(c.events for c in clips):
+            raise ValueError(f"the {cfg.dataset} test clips carry no events for the timeline input")
+        return clip_batch(clips, model.config.vocab, model.config.max_events, cfg.codec.frames_per_token,
+                          ds.parse_prompt)
     except (ValueError, OSError) as e:
         log(f"val_every: no validation ({one_line(e)})")
         return None
-    if model.config.get("timeline_cond") and not any(c.events for c in clips):
-        log(f"val_every: the {cfg.dataset} test clips carry no events for the timeline input; no validation")
-        return None
-    return clip_batch(clips, model.config.vocab, model.config.max_events, cfg.codec.frames_per_token, ds.parse_prompt)
 
 
-def validate(trainer: Trainer, batch: dict) -> dict:
+def validate(trainer: Trainer, batch: dict, log) -> dict:
     """The EMA weights' denoising error on the validation clips ({"val_x0_audio@0.3": ..., ...}), computed
-    as the training step computes (bf16 autocast on CUDA when the run uses it)."""
+    as the training step computes (bf16 autocast on CUDA when the run uses it, so on a GPU the figures
+    are bf16's, not those of `avgen eval --denoise-error`, which runs in fp32). Like the sample clips,
+    a side output: a failure is logged ({"val_error": ...}) and training goes on."""
     from avgen.eval.denoise import denoise_error, flat
 
-    net = trainer.ema.copy_to(copy.deepcopy(trainer.model)).eval()
-    with autocast(trainer.rt.device) if trainer.cfg.bf16 else contextlib.nullcontext():
-        errors = denoise_error(net, trainer.codec, batch, seed=trainer.cfg.seed)
+    try:
+        net = trainer.ema.copy_to(copy.deepcopy(trainer.model)).eval()
+        with autocast(trainer.rt.device) if trainer.cfg.bf16 else contextlib.nullcontext():
+            errors = denoise_error(net, trainer.codec, batch, seed=trainer.cfg.seed)
+    except (RuntimeError, ValueError) as e:  # e.g. out of memory
+        log(f"validation failed ({one_line(e)[:300]}); training goes on")
+        return {"val_error": one_line(e)[:300]}
     return flat(errors, "val_x0")
 
 
@@ -785,7 +791,7 @@ class Recorder:
         if self.main and (step % cfg.ckpt_every == 0 or last):
             self.saved = self.trainer.save(self.run_dir, progress)
         if self.val_batch is not None and step % cfg.val_every == 0:
-            self.metrics.write({"step": step, **validate(self.trainer, self.val_batch)})
+            self.metrics.write({"step": step, **validate(self.trainer, self.val_batch, self.log)})
         if self.main and cfg.sample_every and step % cfg.sample_every == 0:
             self.metrics.write({"step": step, **_samples_or_error(self.trainer, self.prompts, step, self.run_dir,
                                                                   self.log, self.judges)})
@@ -852,7 +858,7 @@ def _train(cfg, run_dir: Path, resume, init_from, data_root, rt: Runtime, show_b
             result = trainer.step(next(stream), progress.step)
             progress = progress.advance(cfg.batch_size, result.skipped)
             recorder.after_step(result, progress)
-            if max_seconds is not None and out_of_time(_now() - began >= max_seconds, rt):
+            if max_seconds is not None and progress.step < cfg.steps and out_of_time(_now() - began >= max_seconds, rt):
                 log(f"step {progress.step}: --max-minutes reached after {_now() - began:.0f} s; "
                     f"resume with --resume to go on to step {cfg.steps}")
                 recorder.stop(progress)
