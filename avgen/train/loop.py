@@ -572,6 +572,7 @@ def write_samples(trainer: Trainer, prompts: list[str], step: int, run_dir: Path
 def validation_batch(trainer: Trainer, data_root, log) -> dict | None:
     """The test-split clips that `val_every` measures on (the first `val_clips` of the run's data seed),
     as network inputs; None (with a note) for a dataset without a test split of events."""
+    from avgen.cli import one_line
     from avgen.eval.denoise import clip_batch
 
     cfg, model = trainer.cfg, trainer.model
@@ -583,7 +584,7 @@ def validation_batch(trainer: Trainer, data_root, log) -> dict | None:
         return clip_batch(clips, model.config.vocab, model.config.max_events, cfg.codec.frames_per_token,
                           ds.parse_prompt)
     except (ValueError, OSError) as e:
-        log(f"val_every: no validation ({one_line(e)})")
+        log(f"val_every: no validation ({one_line(str(e) or type(e).__name__)})")
         return None
 
 
@@ -592,6 +593,7 @@ def validate(trainer: Trainer, batch: dict, log) -> dict:
     as the training step computes (bf16 autocast on CUDA when the run uses it, so on a GPU the figures
     are bf16's, not those of `avgen eval --denoise-error`, which runs in fp32). Like the sample clips,
     a side output: a failure is logged ({"val_error": ...}) and training goes on."""
+    from avgen.cli import one_line
     from avgen.eval.denoise import denoise_error, flat
 
     try:
@@ -599,13 +601,9 @@ def validate(trainer: Trainer, batch: dict, log) -> dict:
         with autocast(trainer.rt.device) if trainer.cfg.bf16 else contextlib.nullcontext():
             errors = denoise_error(net, trainer.codec, batch, seed=trainer.cfg.seed)
     except (RuntimeError, ValueError) as e:  # e.g. out of memory
-        log(f"validation failed ({one_line(e)[:300]}); training goes on")
-        return {"val_error": one_line(e)[:300]}
+        log(f"validation failed ({one_line(str(e) or type(e).__name__)}); training goes on")
+        return {"val_error": one_line(str(e) or type(e).__name__)}
     return flat(errors, "val_x0")
-
-
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _samples_or_error(trainer: Trainer, prompts: list[str], step: int, run_dir: Path, log, judges) -> dict:
