@@ -296,11 +296,12 @@ def training_forward_flops(trainer, batch) -> float:
     usual MFU convention; counted without autograd because the flop counter's module hooks do not
     support every autograd graph."""
     from avgen.model.objective import encode_prompts, training_loss
+    from avgen.train.loop import unpack_frames
 
     m = trainer.model
     ids, mask = encode_prompts(batch.labels, m.config.vocab, m.config.max_events, trainer.rt.device)
     with count_flops(m) as fc:
-        training_loss(m, trainer.codec, batch.frames, batch.audio, ids, mask,
+        training_loss(m, trainer.codec, unpack_frames(batch.frames), batch.audio, ids, mask,
                       [torch.Generator().manual_seed(i) for i in range(len(batch.labels))], trainer.cfg.objective)
     return fc.flops
 
@@ -337,8 +338,51 @@ def training_figures(cfg: BenchConfig, gemm: float, device) -> dict:
             "train_gflops": round(achieved, 2), "train_utilization": round(achieved / gemm, 4)}
 
 
+# ----------------------------------------------------------------------------- the input side of training
+def input_figures(cfg: BenchConfig, data_root=None) -> dict:
+    """What one data worker delivers (clips/s on one thread, as a DataLoader worker runs) and what a
+    batch weighs on its way to the device (MB per clip), with the loss's noise drawn per sample in the
+    worker and with it left to the device (`noise_on_device`). The preset's dataset when its files are
+    found (Talking Digits for digits-cpu), else shapes. A GPU needs workers >= its clips/s divided by
+    the per-worker rate, and a link that carries clips/s times the MB per clip."""
+    from avgen.data.sources import SourceError
+    from avgen.model.codec import AVCodec
+    from avgen.train.config import preset
+    from avgen.train.loop import DrawSpec, SampleOrder, build_dataset, load_batch
+
+    tc = preset(cfg.train_preset)
+    try:
+        ds = build_dataset(tc, data_root)
+    except (SourceError, OSError, ValueError):
+        tc = preset(cfg.train_preset, {"dataset": "shapes"})
+        ds = build_dataset(tc)
+    codec = AVCodec(tc.spec, tc.codec)
+    order, b, n = SampleOrder(len(ds), tc.data_seed, shuffle=False), tc.batch_size, max(2, cfg.train_steps)
+    out = {"input_dataset": tc.dataset, "input_batch": b}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, noise in (("", True), ("_device_noise", False)):
+            spec = DrawSpec(tc.objective, tc.codec.frames_per_token, codec.dims, tc.model.timeline_cond, noise=noise)
+            load_batch(ds, order, range(b), tc.seed, torch.device("cpu"), spec.frames_per_token, spec)  # warm caches
+            t0 = time.perf_counter()
+            for k in range(1, n + 1):
+                batch = load_batch(ds, order, range(k * b, (k + 1) * b), tc.seed, torch.device("cpu"),
+                                   spec.frames_per_token, spec)
+            seconds = time.perf_counter() - t0
+            tensors = [batch.frames, batch.audio, batch.slots]
+            batch.draws.map(tensors.append)
+            out[f"input_clips_per_s{name}"] = round(n * b / seconds, 1)
+            out[f"input_mb_per_clip{name}"] = round(sum(x.numel() * x.element_size() for x in tensors) / b / 1e6, 4)
+        out["input_frames_packed"] = batch.frames.dtype == torch.uint8
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 # ----------------------------------------------------------------------------- the report
-def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print, captured: bool = False) -> dict:
+def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print, captured: bool = False,
+              data_root=None) -> dict:
     from avgen.model.device import resolve_device
 
     dev = resolve_device(device)
@@ -359,6 +403,8 @@ def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print, c
     report["scaling"] = scaling(pipe, cfg, dev)
     log("scaling measured")
     report.update(training_figures(cfg, report["gemm_gflops"], dev))
+    report.update(input_figures(cfg, data_root))
+    log("training measured")
     report["config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()}
     return report
 
@@ -385,5 +431,10 @@ def format_table(r: dict) -> str:
              ("s/clip by batch", f"{s['seconds_per_clip_by_batch']} (batch cost exponent {s['batch_exponent']})"),
              ("training", f"{r['train_clips_per_s']} clips/s at batch {r['train_batch']} "
                           f"({r['train_gflops']} GFLOP/s = {100 * r['train_utilization']:.1f}% of gemm)")]
+    if "input_clips_per_s" in r:
+        rows.append(("training input, one worker", f"{r['input_clips_per_s']} clips/s, {r['input_mb_per_clip']} MB "
+                     f"per clip to the device ({r['input_clips_per_s_device_noise']} clips/s, "
+                     f"{r['input_mb_per_clip_device_noise']} MB with noise_on_device; {r['input_dataset']}, frames "
+                     f"{'uint8' if r['input_frames_packed'] else 'float32'})"))
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)

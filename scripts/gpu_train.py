@@ -8,7 +8,8 @@ is bounded by the clock and a failing phase does not stop the next one:
 1. `scripts/gpu_check.py --weights weights/avgen`: CPU fp32 against CUDA bf16 (velocity, events,
    seconds per clip), then `avgen bench --device cuda --captured` (the loop's utilisation on the
    GPU; batch 1 eager and with the step captured as a CUDA graph).
-2. Training, in two `avgen train` calls on the same run folder:
+2. Training, in two `avgen train --compile` calls on the same run folder, the loss's noise drawn on the
+   GPU (`noise_on_device`; the workers then carry a quarter of the bytes and do a third of the work):
    a. the shipped weights grown to `--grow-depth` blocks (the new ones start as the identity), a big
       batch at a constant LR, for a share of the time left (`--max-minutes`);
    b. `--resume` with a linear cooldown (lr_schedule=wsd) sized from the rate that (a) measured, so
@@ -87,6 +88,14 @@ def last_rate(run_dir: Path) -> tuple[int, float]:
     return rows[-1]["step"], rate
 
 
+def input_wait(run_dir: Path) -> float | None:
+    """The mean share of time the step waited for its batch over the newest logged windows (near 0: the
+    device sets the pace; near 1: the data workers do)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    waits = [r["input_wait_frac"] for r in rows if "input_wait_frac" in r][-5:]
+    return round(sum(waits) / len(waits), 4) if waits else None
+
+
 def pack(out: Path, members: list[Path], log) -> None:
     """members -> out/pack.tar.part-00, -01, ... (each at most 15 MiB)."""
     tar_path = out.parent / f"{out.name}-pack.tar"
@@ -123,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=570.0, help="wall-clock seconds for everything")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=14)
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="train eagerly (default: `avgen train --compile`, falling back to eager if it fails)")
     p.add_argument("--work", type=Path, default=Path("/tmp/avgen-device"))
     p.add_argument("--grow-depth", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=256)
@@ -157,8 +168,10 @@ def main(argv=None) -> int:
 
         # 2a. grow, then train at the peak LR (dmon samples the GPU's load meanwhile)
         with gpu_load(checks / "dmon.txt", log):
-            workers = args.workers
-            for attempt in range(2):  # a second try in this process's data path if the workers failed
+            # a failed start falls back: without compilation, then in this process's data path
+            ladder = [(args.workers, args.compile), (args.workers, False), (0, False)]
+            ladder = [x for i, x in enumerate(ladder) if x not in ladder[:i]]
+            for attempt, (workers, compiled) in enumerate(ladder):
                 train_s = clock.left() - args.reserve_s
                 first_min = max(30.0, args.constant_share * train_s - 20) / 60  # ~20 s of start-up per call
                 summary[f"train_a_rc{attempt}"] = run(AVGEN + [
@@ -166,27 +179,32 @@ def main(argv=None) -> int:
                     "--init-from", "weights/avgen", "--grow-depth", args.grow_depth,
                     *[x for kv in (f"batch_size={args.batch_size}", f"lr={args.lr}", "lr_schedule=constant",
                                    "warmup_steps=300", "ema_decay=0.9995", "data_seed=2", "sample_every=0",
-                                   "ckpt_every=2000", "keep_last=2", "log_every=50", *args.overrides)
+                                   "ckpt_every=2000", "keep_last=2", "log_every=50", "noise_on_device=true",
+                                   *args.overrides)
                       for x in ("--set", kv)],
                     "--steps", 1_000_000, "--max-minutes", f"{first_min:.3f}", "--workers", workers,
-                    "--device", args.device, "--no-progress"], log, clock.left() - args.reserve_s)
+                    *(["--compile"] if compiled else []), "--device", args.device, "--no-progress"], log,
+                    clock.left() - args.reserve_s)
+                summary.update(workers=workers, compiled=compiled)
                 if list((run_dir / "checkpoints").glob("*.safetensors")) or clock.left() < args.reserve_s + 90:
                     break
                 shutil.rmtree(run_dir, ignore_errors=True)
-                workers = 0
 
             # 2b. cooldown sized from the measured rate
             try:
                 step, rate = last_rate(run_dir)
                 left = clock.left() - args.reserve_s - 25  # its start-up
                 decay = max(10, int(0.9 * rate * left))
-                summary.update(step_a=step, steps_per_s_a=round(rate, 2), decay_steps=decay)
+                summary.update(step_a=step, steps_per_s_a=round(rate, 2), decay_steps=decay,
+                               input_wait_frac_a=input_wait(run_dir))
                 summary["train_b_rc"] = run(AVGEN + [
                     "train", "--out", run_dir, "--resume", "--steps", step + decay, "--set", "lr_schedule=wsd",
                     "--set", f"decay_steps={decay}", "--set", f"warmup_steps={min(300, step)}",
-                    "--max-minutes", f"{max(0.2, left / 60):.3f}", "--workers", workers, "--device", args.device,
-                    "--no-progress"], log, clock.left() - args.reserve_s + 10)
+                    "--max-minutes", f"{max(0.2, left / 60):.3f}", "--workers", workers,
+                    *(["--compile"] if compiled else []), "--device", args.device, "--no-progress"], log,
+                    clock.left() - args.reserve_s + 10)
                 summary["step_b"], summary["steps_per_s_b"] = [round(x, 2) for x in last_rate(run_dir)]
+                summary["input_wait_frac_b"] = input_wait(run_dir)
             except (OSError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
                 log.write(f"cooldown not run: {e!r}\n")
                 log.flush()

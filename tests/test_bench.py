@@ -24,7 +24,20 @@ def test_bench_tiny(tmp_path, capsys):
     assert r["matmul_calls"] > 0 and 0 < r["matmul_shapes"] <= r["matmul_calls"]
     assert abs(r["rtf"] - r["generate_seconds"] / r["clip_seconds"]) < 1e-3
     assert set(r["scaling"]["seconds_by_duration"]) == {"1.5", "3.0"}
-    assert "gemm ceiling" in capsys.readouterr().out
+    assert r["input_dataset"] == "shapes" and r["input_clips_per_s"] > 0 and r["input_clips_per_s_device_noise"] > 0
+    assert 0 < r["input_mb_per_clip_device_noise"] < r["input_mb_per_clip"]  # the noise stays off the link
+    out = capsys.readouterr().out
+    assert "gemm ceiling" in out and "training input, one worker" in out
+
+
+def test_input_figures_time_the_presets_own_data_with_frames_packed(data_root):
+    from avgen import bench
+
+    r = bench.input_figures(bench.BenchConfig(train_steps=1), data_root)
+    assert r["input_dataset"] == "talking-digits" and r["input_frames_packed"] is True and r["input_batch"] == 32
+    # talking digits at 3 s: frames 48 x 32 x 32 uint8 + audio 24,000 float32 + slots, then the noise 48 x 1,540 float32
+    assert r["input_mb_per_clip_device_noise"] == pytest.approx((49152 + 96000 + 48 * 8) / 1e6, abs=1e-3)
+    assert r["input_mb_per_clip"] - r["input_mb_per_clip_device_noise"] == pytest.approx(48 * 1540 * 4 / 1e6, abs=1e-3)
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Multi-process training: 2 CPU processes (torchrun, gloo) with global batch B reach the same
 weights as 1 process with global batch B, because every random draw is keyed by the global
-sample index and the per-rank mean losses average to the global mean. The 2-process run builds its
+sample index (or, with noise_on_device, every rank slices the same global draw) and the per-rank
+mean losses average to the global mean. The 2-process run builds its
 batches in data workers (`--workers 1`), which must not change what each rank trains on."""
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ def _run(argv: list[str]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not AVGEN.is_file(), reason=f"console script {AVGEN} not installed (pip install -e .)")
-def test_two_gloo_processes_match_one_process(tmp_path):
-    _run([str(AVGEN), *TRAIN, "--out", str(tmp_path / "one")])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(AVGEN), *TRAIN,
+@pytest.mark.parametrize("noise", ["per_sample", "on_device"])
+def test_two_gloo_processes_match_one_process(tmp_path, noise):
+    train = TRAIN + ["--set", f"noise_on_device={noise == 'on_device'}"]  # on_device: each rank slices one draw
+    _run([str(AVGEN), *train, "--out", str(tmp_path / "one")])
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(AVGEN), *train,
           "--workers", "1", "--out", str(tmp_path / "two")])  # each rank's slices built by a data worker
     one, meta_one = read_checkpoint(checkpoint_path(tmp_path / "one", 3))
     two, meta_two = read_checkpoint(checkpoint_path(tmp_path / "two", 3))

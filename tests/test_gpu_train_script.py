@@ -1,6 +1,6 @@
 """scripts/gpu_train.py: the device session's scheduler. What runs on the device is the library's own
-CLI (tested elsewhere); here, the two pieces of its own logic: the rate it sizes the cooldown from,
-and the pack that must come back in parts of at most 15 MiB and rebuild bit for bit."""
+CLI (tested elsewhere); here, the pieces of its own logic: the rate it sizes the cooldown from, the
+input wait it reports, and the pack that must come back in parts of at most 15 MiB and rebuild bit for bit."""
 import importlib.util
 import json
 import tarfile
@@ -23,6 +23,15 @@ def test_rate_is_read_from_the_newest_logged_windows(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     step, rate = gpu_train.last_rate(tmp_path)
     assert step == 400 and rate == sum(512.0 * i for i in range(4, 9)) / 5 / 256
+
+
+def test_input_wait_is_the_mean_of_the_newest_logged_windows(tmp_path):
+    gpu_train = load()
+    rows = [{"step": 50 * i, "input_wait_frac": 0.1 * i} for i in range(1, 8)] + [{"step": 400, "val_x0": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert abs(gpu_train.input_wait(tmp_path) - sum(0.1 * i for i in range(3, 8)) / 5) < 1e-4
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.1}) + "\n")  # a run from before the key
+    assert gpu_train.input_wait(tmp_path) is None
 
 
 def test_pack_splits_into_parts_that_rebuild_the_files(tmp_path, monkeypatch):

@@ -164,6 +164,12 @@ def test_draws_made_ahead_give_the_loss_the_generators_give(shapes_batch, timeli
     wrong = draw_randomness(gens(range(4)), 4, shapes, cfg, timeline=not timeline)
     with pytest.raises(ValueError, match="draws do not fit"):
         training_loss(model, codec, frames, audio, ids, mask, [], cfg, slots=slots, draws=wrong)
+    # noise=False (noise_on_device): the same times, no noise, and a loss that asks for it
+    bare = draw_randomness(gens(range(4)), 4, shapes, cfg, timeline=timeline, noise=False)
+    assert bare.noise is None and all(torch.equal(bare.t[m], ahead.t[m]) for m in ("video", "audio"))
+    assert bare.to("cpu").noise is None
+    with pytest.raises(ValueError, match="without noise"):
+        training_loss(model, codec, frames, audio, ids, mask, [], cfg, slots=slots, draws=bare)
 
 
 @pytest.mark.slow  # ~5 s on an idle machine, 20 s on a busy one

@@ -2,6 +2,7 @@
 run folders, samples, export and fine-tuning, and the `avgen train` / `avgen export` CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -127,7 +128,7 @@ def test_training_writes_config_metrics_and_checkpoints(tmp_path):
     logged = metrics(run)
     assert [m["step"] for m in logged] == [1, 2, 3, 4]
     assert all(math.isfinite(m["loss"]) and m["clips_per_s"] > 0 and {"loss_video", "loss_audio", "lr"} <= m.keys()
-               for m in logged)
+               and 0 <= m["input_wait_frac"] <= 1 for m in logged)
     assert logged[1]["samples_seen"] == 2 * cfg.batch_size
     # the EMA is a different tensor set from the raw weights, and it moved away from the initial weights
     assert not all(torch.equal(a, b) for a, b in zip(weights(run, 4).values(), weights(run, 4, "ema.").values()))
@@ -191,6 +192,56 @@ def test_data_workers_train_on_exactly_what_one_process_does(tmp_path):
     assert json.loads((tmp_path / "workers" / "run.json").read_text())["workers"] == 2
 
 
+def test_frames_travel_as_uint8_exactly_when_they_are_levels_of_255(data_root):
+    ds = loop.build_dataset(preset("digits-cpu", {"augment_shift_px": 2}), data_root)
+    frames = np.stack([ds[i].frames for i in range(3)])
+    packed = loop.pack_frames(frames)
+    assert packed.dtype == torch.uint8 and packed.numel() == frames.size
+    assert torch.equal(loop.unpack_frames(packed), torch.from_numpy(frames))  # bit for bit
+    for other in (frames * 0.999, frames.astype(np.float64), frames - 1 / 255):  # off the levels, or not float32
+        kept = loop.pack_frames(other)
+        assert kept.dtype != torch.uint8 and np.array_equal(loop.unpack_frames(kept).numpy(), other)
+    assert loop.pack_frames(np.zeros((0, 2), np.float32)).dtype == torch.uint8  # an empty batch packs too
+
+
+@pytest.mark.slow
+def test_noise_on_device_replays_over_workers_resumes_and_process_counts(tmp_path):
+    cfg = tiny(steps=4, ckpt_every=2, noise_on_device=True, lr_schedule="constant")
+    train(cfg, tmp_path / "inline", device="cpu", progress_bar=False)
+    train(cfg, tmp_path / "workers", device="cpu", progress_bar=False, workers=2)
+    train(dataclasses.replace(cfg, steps=2), tmp_path / "resumed", device="cpu", progress_bar=False)
+    train(cfg, tmp_path / "resumed", resume=True, device="cpu", progress_bar=False)
+    train(dataclasses.replace(cfg, noise_on_device=False), tmp_path / "per_sample", device="cpu", progress_bar=False)
+    for prefix in ("model.", "ema.", "optimizer."):
+        a = weights(tmp_path / "inline", 4, prefix)
+        for other in ("workers", "resumed"):
+            b = weights(tmp_path / other, 4, prefix)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (other, prefix)
+    per_sample = weights(tmp_path / "per_sample", 4)
+    assert not all(torch.equal(v, per_sample[k]) for k, v in weights(tmp_path / "inline", 4).items())
+    # the noise is keyed by the global batch: two ranks' slices are one process's batch
+    shapes = {"video": (6, 3), "audio": (6, 2)}
+    whole = loop.device_noise(0, range(8, 12), CPU, shapes)
+    halves = [loop.device_noise(0, range(8 + 2 * r, 10 + 2 * r), Runtime(torch.device("cpu"), r, 2), shapes)
+              for r in (0, 1)]
+    assert all(torch.equal(whole[m], torch.cat([h[m] for h in halves])) for m in shapes)
+    assert whole["video"].shape == (4, 6, 3) and whole["audio"].shape == (4, 6, 2)
+    for other in (loop.device_noise(0, range(12, 16), CPU, shapes), loop.device_noise(1, range(8, 12), CPU, shapes)):
+        assert not torch.equal(whole["video"], other["video"])  # another batch, or another run seed
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_what_the_eager_step_trains(tmp_path):
+    cfg = tiny(steps=2, ckpt_every=2)
+    eager = train(cfg, tmp_path / "eager", device="cpu", progress_bar=False)
+    fused = train(cfg, tmp_path / "compiled", device="cpu", progress_bar=False, compiled=True)
+    assert json.loads((tmp_path / "compiled" / "run.json").read_text())["compiled"] is True
+    assert fused.last_loss == pytest.approx(eager.last_loss, rel=1e-4)
+    a, b = weights(tmp_path / "eager", 2, ""), weights(tmp_path / "compiled", 2, "")
+    assert a.keys() == b.keys()  # plain names in the checkpoint (no compile wrapper), so either loads the other
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-5) for k in a)
+
+
 def test_batches_from_any_position_match_load_batch_and_the_generators_draws(tmp_path):
     cfg = tiny()
     ds = loop.build_dataset(cfg)
@@ -204,6 +255,7 @@ def test_batches_from_any_position_match_load_batch_and_the_generators_draws(tmp
         plain = loop.load_batch(ds, order, range(8 + 4 * k, 12 + 4 * k), cfg.seed, CPU.device, 1)
         assert torch.equal(got.frames, plain.frames) and torch.equal(got.audio, plain.audio)
         assert got.labels == plain.labels and torch.equal(got.slots, plain.slots) and got.generators == []
+        assert got.indices == range(8 + 4 * k, 12 + 4 * k)  # (shapes frames are not levels of 255: float)
         n = plain.frames.shape[1]
         again = loop.draw_randomness(plain.generators, 4, {m: (n, trainer.codec.dims[m]) for m in ("video", "audio")},
                                      cfg.objective, timeline=spec.timeline)  # .. with its generators' draws

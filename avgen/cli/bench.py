@@ -15,7 +15,8 @@ def cmd_bench(args) -> int:
     if args.weights:
         from avgen.train.checkpoint import check_weights_folder
         check_weights_folder(args.weights)
-    report = run_bench(BENCH_PRESETS[args.preset], device=args.device, weights=args.weights, captured=args.captured)
+    report = run_bench(BENCH_PRESETS[args.preset], device=args.device, weights=args.weights, captured=args.captured,
+                       data_root=args.data_root)
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -32,4 +33,7 @@ def register(sub) -> None:
     p.add_argument("--weights", default=None, help="time these weights instead of a fresh model of the same size")
     p.add_argument("--captured", action="store_true",
                    help="also batch 1 with the network compiled (CUDA: graph capture; CPU: inductor), beside eager")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding fsdd/ and mnist/ for the training input figures (default: $AVGEN_DATA, "
+                        "else ../shared/data; without them the input is timed on the synthetic shapes)")
     p.set_defaults(func=cmd_bench)

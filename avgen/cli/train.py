@@ -4,6 +4,7 @@
     avgen train --dataset talking-digits --preset digits-cpu --out runs/digits --set lr=2e-4
     avgen train --out runs/digits --resume --steps 40000          # continue, with a longer goal
     avgen train --out runs/digits --resume --workers 12 --max-minutes 5   # a GPU's data, a time box
+    avgen train --out runs/digits --resume --workers 12 --compile --set noise_on_device=true   # a GPU, fed
     torchrun --nproc_per_node 2 $(which avgen) train ...          # several processes (DDP)
 """
 from __future__ import annotations
@@ -45,6 +46,9 @@ def register(subparsers) -> None:
                    "run's result is the same either way). On a GPU the model outruns one process's data")
     p.add_argument("--max-minutes", type=number(0.0, above=True), default=None, metavar="M",
                    help="stop after M minutes of training with a checkpoint; --resume goes on from there")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training step's network through torch.compile (fused kernels: for a GPU, where a "
+                   "small model is launch-bound; the first step pays the compilation)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.set_defaults(func=run)
 
@@ -86,7 +90,7 @@ def run(args) -> int:
     result = train(cfg, args.out, resume=args.resume, init_from=args.init_from, device=args.device,
                    data_root=args.data_root, progress_bar=not args.no_progress, workers=args.workers,
                    max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
-                   grow_depth=args.grow_depth)
+                   grow_depth=args.grow_depth, compiled=args.compile)
     if result.rank == 0 and result.checkpoint is not None:
         print(f"step {result.step}: {result.checkpoint}"
               + (f" ({result.skipped_steps} non-finite steps skipped)" if result.skipped_steps else ""),

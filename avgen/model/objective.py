@@ -104,7 +104,7 @@ class Draws:
     """Every random draw of one batch's loss, in the order `training_loss` makes them."""
 
     t: dict[str, torch.Tensor]  # {m: (B,)} noise levels (0 = held clean)
-    noise: dict[str, torch.Tensor]  # {m: (B, N, D_m)}
+    noise: dict[str, torch.Tensor] | None  # {m: (B, N, D_m)}; None = to be drawn by the caller
     keep_prompt: torch.Tensor  # (B,) bool
     cross_modal: torch.Tensor  # (B,) bool
     keep_timeline: torch.Tensor | None = None  # (B,) bool; drawn only for a model with the timeline input
@@ -124,16 +124,19 @@ class Draws:
 
 
 def draw_randomness(generator: Generator, batch: int, token_shapes: dict[str, tuple[int, int]],
-                    cfg: ObjectiveConfig = ObjectiveConfig(), timeline: bool = False, device="cpu") -> Draws:
+                    cfg: ObjectiveConfig = ObjectiveConfig(), timeline: bool = False, device="cpu",
+                    noise: bool = True) -> Draws:
     """All draws of one batch's loss: times, noise of shape (B, *token_shapes[m]), prompt and
     cross-modal dropout, and (timeline=True) timeline dropout. The order is part of the contract:
     with the same generator(s) it is what `training_loss` draws itself. Everything is computed on the
     generators' device and moved to `device` at the end, so draws made ahead (in a data worker, on
-    the CPU) equal draws made in the step, whatever device trains."""
+    the CPU) equal draws made in the step, whatever device trains. noise=False skips the noise (the
+    caller draws it elsewhere, e.g. on the training device) and leaves `Draws.noise` None; the
+    draws after it then come from other positions of the stream."""
     own = (generator[0] if isinstance(generator, (list, tuple)) and generator else generator)
     here = own.device if isinstance(own, torch.Generator) else torch.device("cpu")
     t = sample_times(batch, generator, cfg, here)
-    noise = {m: _normal(generator, (batch, *token_shapes[m]), here) for m in MEDIA}
+    noise = {m: _normal(generator, (batch, *token_shapes[m]), here) for m in MEDIA} if noise else None
     keep_prompt = _uniform(generator, batch, here) >= cfg.p_drop_prompt
     cross_modal = _uniform(generator, batch, here) >= cfg.p_drop_cross
     keep_timeline = (_uniform(generator, batch, here) >= cfg.p_drop_timeline) if timeline else None
@@ -193,6 +196,8 @@ def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, promp
     if draws is None:
         draws = draw_randomness(generator, batch, {m: tuple(x0[m].shape[1:]) for m in MEDIA}, cfg,
                                 timeline=slots is not None, device=device)
+    elif draws.noise is None:
+        raise ValueError("draws without noise (noise=False): draw the noise and set draws.noise first")
     elif any(draws.noise[m].shape != x0[m].shape for m in MEDIA) or (draws.keep_timeline is None) != (slots is None):
         raise ValueError("draws do not fit this batch: noise shapes "
                          f"{ {m: tuple(draws.noise[m].shape) for m in MEDIA} } for tokens "

@@ -54,6 +54,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     ema_decay: float = 0.999  # exported weights are the EMA; its decay ramps up as (1 + s) / (10 + s)
     bf16: bool = True  # bf16 autocast on CUDA (the CPU path always computes in fp32)
+    # the loss's noise drawn on the training device per global batch (keyed by seed and position), not per
+    # sample in the data workers: half the bytes a GPU waits for; the run then replays only on its device kind
+    noise_on_device: bool = False
     # bookkeeping
     log_every: int = 10
     ckpt_every: int = 200

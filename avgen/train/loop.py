@@ -12,7 +12,12 @@ Determinism (EDM2's rule): a run's result is a function of its config alone.
   are equal. `2 processes x B/2` therefore matches `1 process x B` up to float summation order.
 - Data workers (`workers > 0`, `avgen train --workers N`): batches are built, and all their random
   draws made, in N worker processes ahead of the step that uses them. A batch is a pure function
-  of its position, so the run trains on exactly what it trains on without them.
+  of its position, so the run trains on exactly what it trains on without them. Frames travel as
+  uint8 when they are exactly k/255 (a quarter of the bytes; unpacked exactly on the device).
+- `noise_on_device` (off by default): the loss's noise, the bulk of a batch's bytes, is drawn on the
+  training device instead, per global batch from a generator keyed by (run seed, batch position).
+  A run then replays itself exactly on the same device, over any number of processes and across
+  resumes, but no longer matches the same run on another device or with another batch size.
 """
 from __future__ import annotations
 
@@ -123,14 +128,37 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(hi) << 32) | int(lo))
 
 
+FRAME_LEVELS = torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(255))  # uint8 k -> k / 255
+
+
+def pack_frames(frames: np.ndarray) -> torch.Tensor:
+    """Frames as uint8 when every value is exactly k / 255 (rendered digits, decoded video), else
+    as they are: a quarter of the bytes between a data worker and the device, and no change."""
+    levels = np.rint(frames * 255)
+    if frames.dtype == np.float32 and levels.min(initial=0) >= 0 and levels.max(initial=0) <= 255:
+        packed = levels.astype(np.uint8)
+        if np.array_equal(FRAME_LEVELS.numpy()[packed], frames):
+            return torch.from_numpy(packed)
+    return torch.from_numpy(frames)
+
+
+def unpack_frames(frames: torch.Tensor) -> torch.Tensor:
+    """The float frames `pack_frames` was given, on frames' device (a table lookup: exact anywhere)."""
+    if frames.dtype != torch.uint8:
+        return frames
+    table = FRAME_LEVELS.to(frames.device)
+    return table.index_select(0, frames.reshape(-1).int()).view(frames.shape)
+
+
 @dataclass
 class Batch:
-    frames: torch.Tensor  # (b, T, H, W, C) float in [0, 1]
+    frames: torch.Tensor  # (b, T, H, W, C): float in [0, 1], or uint8 (pack_frames); unpack_frames reads both
     audio: torch.Tensor  # (b, S)
     labels: list[list[str]]  # prompt labels per sample
     generators: list[torch.Generator]  # one per sample, keyed by its global index
     slots: torch.Tensor | None = None  # (b, N) timeline slot ids on the token clock, -1 = not known
     draws: Draws | None = None  # the loss's draws, made from `generators` ahead of the step (or None)
+    indices: range | None = None  # the global sample indices of these clips (keys the device noise)
 
     def pin_memory(self) -> "Batch":  # DataLoader(pin_memory=True) calls this on custom batch types
         pin = lambda x: None if x is None else x.pin_memory()  # noqa: E731
@@ -152,11 +180,31 @@ class DrawSpec:
     frames_per_token: int
     dims: dict[str, int]  # token width per modality (the codec's)
     timeline: bool  # the model has the timeline input (one more dropout draw per sample)
+    noise: bool = True  # False: the noise is left to the training device (TrainConfig.noise_on_device)
+
+    def token_shapes(self, num_frames: int) -> dict[str, tuple[int, int]]:
+        return {m: (num_frames // self.frames_per_token, self.dims[m]) for m in MEDIA}
 
     def draws(self, generators: list[torch.Generator], num_frames: int) -> Draws:
-        n = num_frames // self.frames_per_token
-        return draw_randomness(generators, len(generators), {m: (n, self.dims[m]) for m in MEDIA}, self.objective,
-                               timeline=self.timeline)
+        return draw_randomness(generators, len(generators), self.token_shapes(num_frames), self.objective,
+                               timeline=self.timeline, noise=self.noise)
+
+
+def noise_key(seed: int, position: int) -> int:
+    """The seed of the device noise of the global batch that starts at sample `position`."""
+    hi, lo = np.random.SeedSequence([seed, position, 0x6E6F697365]).generate_state(2, np.uint32)
+    return (int(hi) << 32) | int(lo)
+
+
+def device_noise(seed: int, indices: range, rt: "Runtime", shapes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """{m: (b, N, D_m)} noise of this rank's slice `indices` of a global batch, drawn on the runtime's
+    device. Every rank draws the whole global batch from one generator keyed by its start and keeps its
+    slice, so the noise of a sample does not depend on the number of processes."""
+    local = len(indices)
+    start, world = indices.start - rt.rank * local, local * rt.world_size
+    g = torch.Generator(rt.device).manual_seed(noise_key(seed, start))
+    mine = slice(rt.rank * local, (rt.rank + 1) * local)
+    return {m: torch.randn((world, *shapes[m]), generator=g, device=rt.device)[mine] for m in MEDIA}
 
 
 def local_indices(position: int, batch_size: int, rt: Runtime) -> range:
@@ -171,13 +219,13 @@ def load_batch(ds, order: SampleOrder, indices: range, seed: int, device: torch.
     """The clips at global positions `indices` with each sample's generator, or, with `draw_spec`,
     with the loss's draws already made from those generators (and no generators left to draw from)."""
     clips = [ds[order(g)] for g in indices]
-    frames = torch.from_numpy(np.stack([c.frames for c in clips]))  # (b, T, H, W, C)
+    frames = pack_frames(np.stack([c.frames for c in clips]))  # (b, T, H, W, C)
     audio = torch.from_numpy(np.stack([c.audio for c in clips]))  # (b, S)
     generators, draws = [sample_generator(seed, g) for g in indices], None
     if draw_spec is not None:
         generators, draws = [], draw_spec.draws(generators, frames.shape[1])
     batch = Batch(frames, audio, [ds.parse_prompt(c.prompt) for c in clips], generators,
-                  clip_slots(clips, frames_per_token), draws)
+                  clip_slots(clips, frames_per_token), draws, indices)
     return batch.to(device)
 
 
@@ -433,7 +481,7 @@ class Trainer:
 
     def draw_spec(self) -> DrawSpec:
         return DrawSpec(self.cfg.objective, self.cfg.codec.frames_per_token, self.codec.dims,
-                        bool(self.model.config.get("timeline_cond")))
+                        bool(self.model.config.get("timeline_cond")), noise=not self.cfg.noise_on_device)
 
     def save(self, run_dir: Path, progress: "Progress") -> Path:
         return save_training_state(run_dir, model=self.model, ema=self.ema, optimizer=self.optimizer,
@@ -450,11 +498,15 @@ class Trainer:
         cfg, model = self.cfg, self.model
         self.optimizer.zero_grad(set_to_none=True)
         ids, mask = encode_prompts(batch.labels, model.config.vocab, model.config.max_events, self.rt.device)
+        frames, draws = unpack_frames(batch.frames), batch.draws
+        if draws is not None and draws.noise is None:  # noise_on_device: drawn here, on the device
+            shapes = self.draw_spec().token_shapes(frames.shape[1])
+            draws = dataclasses.replace(draws, noise=device_noise(cfg.seed, batch.indices, self.rt, shapes))
         with autocast(self.rt.device) if cfg.bf16 else contextlib.nullcontext():
-            loss, stats = training_loss(self.net, self.codec, batch.frames, batch.audio, ids, mask,
+            loss, stats = training_loss(self.net, self.codec, frames, batch.audio, ids, mask,
                                         batch.generators, cfg.objective,
                                         slots=batch.slots if model.config.get("timeline_cond") else None,
-                                        draws=batch.draws)
+                                        draws=draws)
         loss.backward()  # under DDP this also averages the gradients over ranks
         keys = sorted(k for k in stats if k != "loss")
         reduced = mean_over_ranks(torch.tensor([loss.item()] + [stats[k] for k in keys],
@@ -525,9 +577,10 @@ class Window:
 
     def reset(self) -> None:
         self.sums: dict[str, float] = {}
-        self.count, self.skipped, self.started = 0, 0, time.perf_counter()
+        self.count, self.skipped, self.started, self.waited = 0, 0, time.perf_counter(), 0.0
 
-    def add(self, r: StepResult) -> None:
+    def add(self, r: StepResult, waited: float = 0.0) -> None:
+        self.waited += waited
         if r.skipped:
             self.skipped += 1
             return
@@ -537,7 +590,11 @@ class Window:
 
     def summary(self, clips: int) -> dict:
         out = {k: v / max(1, self.count) for k, v in self.sums.items()}
-        out["clips_per_s"] = clips / max(1e-9, time.perf_counter() - self.started)
+        elapsed = max(1e-9, time.perf_counter() - self.started)
+        out["clips_per_s"] = clips / elapsed
+        # the share of the time spent waiting for the next batch: with workers, near 0 unless the step
+        # outruns them (input-bound); without, the cost of building batches in the training process
+        out["input_wait_frac"] = round(min(1.0, self.waited / elapsed), 4)
         return out
 
 
@@ -773,9 +830,10 @@ class Recorder:
         self.bar = tqdm(total=self.cfg.steps, initial=start.step, disable=not show_bar, unit="step",
                         dynamic_ncols=True)
 
-    def after_step(self, result: StepResult, progress: Progress) -> None:
+    def after_step(self, result: StepResult, progress: Progress, waited: float = 0.0) -> None:
+        """`waited`: seconds the step waited for its batch."""
         cfg, step = self.cfg, progress.step
-        self.window.add(result)
+        self.window.add(result, waited)
         self.last = result
         self.bar.update()
         if result.skipped:
@@ -814,7 +872,7 @@ class Recorder:
 
 def train(cfg: TrainConfig, run_dir, *, resume: bool = False, init_from=None, device: str = "auto",
           data_root=None, progress_bar: bool = True, log=None, workers: int = 0,
-          max_seconds: float | None = None, grow_depth: int | None = None) -> TrainResult:
+          max_seconds: float | None = None, grow_depth: int | None = None, compiled: bool = False) -> TrainResult:
     """Train (or continue) the run in `run_dir` until `cfg.steps`; the library entry point of `avgen train`.
 
     resume: continue from the newest checkpoint (or from scratch if the run never saved one).
@@ -824,6 +882,9 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, init_from=None, de
     workers: data worker processes building batches ahead (0 = in this process; same result).
     max_seconds: stop after the first step that ends this long after training began, with a
     checkpoint (resume goes on from there exactly); None = run to `cfg.steps`.
+    compiled: the training forward and backward through `torch.compile` (fused kernels, fewer launches:
+    a small model on a GPU is launch-bound). Float results differ from eager in the last bits, so a
+    compiled run replays compiled runs, not eager ones; checkpoints are the same either way.
     """
     if workers < 0 or (max_seconds is not None and not max_seconds > 0):
         raise ValueError(f"workers must be >= 0 and max_seconds positive, got {workers} and {max_seconds}")
@@ -836,26 +897,31 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, init_from=None, de
             raise ValueError(f"batch_size {cfg.batch_size} does not split over {rt.world_size} processes")
         log = (log or _to_stderr) if rt.is_main else _silent
         return _train(cfg, run_dir, resume, init_from, data_root, rt, progress_bar and rt.is_main, log, workers,
-                      max_seconds, grow_depth)
+                      max_seconds, grow_depth, compiled)
     finally:
         close_runtime(rt)
 
 
 def _train(cfg, run_dir: Path, resume, init_from, data_root, rt: Runtime, show_bar: bool, log, workers: int = 0,
-           max_seconds: float | None = None, grow_depth: int | None = None) -> TrainResult:
+           max_seconds: float | None = None, grow_depth: int | None = None, compiled: bool = False) -> TrainResult:
     cfg, ds, trainer, progress = setup_training(cfg, run_dir, resume, init_from, data_root, rt, log, grow_depth)
+    if compiled:  # the module the step calls; the model, its EMA and the checkpoints stay plain
+        trainer.net = torch.compile(trainer.net)
     if rt.is_main:
         _write_run_files(run_dir, cfg, rt, {"init_from": init_from, "grow_depth": grow_depth, "data_root": data_root,
-                                            "workers": workers, "max_seconds": max_seconds})
+                                            "workers": workers, "max_seconds": max_seconds, "compiled": compiled})
     recorder = Recorder(trainer, ds, run_dir, progress, resume, show_bar, log, data_root)
     order = SampleOrder(len(ds), cfg.data_seed, shuffle=not isinstance(ds, EventDataset))
     result, began = None, _now()
     stream = batches(ds, order, progress.data_position, cfg, rt, trainer.draw_spec(), workers)
     try:
         while progress.step < cfg.steps:
-            result = trainer.step(next(stream), progress.step)
+            asked = time.perf_counter()
+            batch = next(stream)
+            waited = time.perf_counter() - asked
+            result = trainer.step(batch, progress.step)
             progress = progress.advance(cfg.batch_size, result.skipped)
-            recorder.after_step(result, progress)
+            recorder.after_step(result, progress, waited)
             if max_seconds is not None and progress.step < cfg.steps and out_of_time(_now() - began >= max_seconds, rt):
                 log(f"step {progress.step}: --max-minutes reached after {_now() - began:.0f} s; "
                     f"resume with --resume to go on to step {cfg.steps}")
