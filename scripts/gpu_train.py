@@ -132,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=570.0, help="wall-clock seconds for everything")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=14)
+    p.add_argument("--compile-s", type=float, default=45.0,
+                   help="kept back in the cooldown's sizing for compiling again (phase b is a new process)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="train eagerly (default: `avgen train --compile`, falling back to eager if it fails)")
     p.add_argument("--work", type=Path, default=Path("/tmp/avgen-device"))
@@ -186,6 +188,7 @@ def main(argv=None) -> int:
                     *(["--compile"] if compiled else []), "--device", args.device, "--no-progress"], log,
                     clock.left() - args.reserve_s)
                 summary.update(workers=workers, compiled=compiled)
+                summary[f"train_a_rung{attempt}"] = {"workers": workers, "compiled": compiled}
                 if list((run_dir / "checkpoints").glob("*.safetensors")) or clock.left() < args.reserve_s + 90:
                     break
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
             # 2b. cooldown sized from the measured rate
             try:
                 step, rate = last_rate(run_dir)
-                left = clock.left() - args.reserve_s - 25  # its start-up
+                left = clock.left() - args.reserve_s - 25 - (args.compile_s if compiled else 0)  # its start-up
                 decay = max(10, int(0.9 * rate * left))
                 summary.update(step_a=step, steps_per_s_a=round(rate, 2), decay_steps=decay,
                                input_wait_frac_a=input_wait(run_dir))

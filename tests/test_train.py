@@ -231,10 +231,13 @@ def test_noise_on_device_replays_over_workers_resumes_and_process_counts(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_compiled_step_trains_what_the_eager_step_trains(tmp_path):
+def test_a_compiled_step_trains_what_the_eager_step_trains(tmp_path, monkeypatch):
     cfg = tiny(steps=2, ckpt_every=2)
     eager = train(cfg, tmp_path / "eager", device="cpu", progress_bar=False)
+    compiled_modules, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled_modules.append(module) or real_compile(module, **kw))
     fused = train(cfg, tmp_path / "compiled", device="cpu", progress_bar=False, compiled=True)
+    assert len(compiled_modules) == 1 and isinstance(compiled_modules[0], loop.AVDiT)  # the step's network
     assert json.loads((tmp_path / "compiled" / "run.json").read_text())["compiled"] is True
     assert fused.last_loss == pytest.approx(eager.last_loss, rel=1e-4)
     a, b = weights(tmp_path / "eager", 2, ""), weights(tmp_path / "compiled", 2, "")
@@ -490,6 +493,22 @@ def test_augmented_runs_keep_the_recorded_event_lengths_for_the_layout_prior(dat
 
 @pytest.mark.data
 @pytest.mark.slow
+def test_a_step_on_uint8_frames_is_the_step_on_their_floats(data_root):
+    cfg = tiny().override({"dataset": "talking-digits"})
+    ds = loop.build_dataset(cfg, data_root)
+    order = SampleOrder(len(ds), cfg.data_seed, shuffle=False)
+    losses = []
+    for unpack in (False, True):
+        torch.manual_seed(0)
+        trainer = loop.Trainer.create(cfg, loop.build_model(cfg, ds), CPU)
+        batch = loop.load_batch(ds, order, range(4), cfg.seed, CPU.device, 1, trainer.draw_spec())
+        assert batch.frames.dtype == torch.uint8
+        if unpack:
+            batch = dataclasses.replace(batch, frames=loop.unpack_frames(batch.frames))
+        losses.append(trainer.step(batch, 0).loss)
+    assert losses[0] == losses[1]
+
+
 def test_a_few_steps_on_talking_digits(data_root, tmp_path):
     cfg = tiny(steps=2).override({"dataset": "talking-digits"})
     result = train(cfg, tmp_path / "run", device="cpu", data_root=data_root, progress_bar=False)

@@ -55,7 +55,8 @@ class TrainConfig:
     ema_decay: float = 0.999  # exported weights are the EMA; its decay ramps up as (1 + s) / (10 + s)
     bf16: bool = True  # bf16 autocast on CUDA (the CPU path always computes in fp32)
     # the loss's noise drawn on the training device per global batch (keyed by seed and position), not per
-    # sample in the data workers: half the bytes a GPU waits for; the run then replays only on its device kind
+    # sample in the data workers: two thirds of the bytes a GPU waits for, and two thirds of a worker's time;
+    # the run then replays only on its kind of device
     noise_on_device: bool = False
     # bookkeeping
     log_every: int = 10

@@ -10,14 +10,17 @@ Determinism (EDM2's rule): a run's result is a function of its config alone.
 - Multi-process (torchrun): rank r of W takes the r-th contiguous B/W slice of each global batch;
   DDP averages the per-rank mean gradients, which equals the global batch mean because the slices
   are equal. `2 processes x B/2` therefore matches `1 process x B` up to float summation order.
-- Data workers (`workers > 0`, `avgen train --workers N`): batches are built, and all their random
-  draws made, in N worker processes ahead of the step that uses them. A batch is a pure function
-  of its position, so the run trains on exactly what it trains on without them. Frames travel as
-  uint8 when they are exactly k/255 (a quarter of the bytes; unpacked exactly on the device).
-- `noise_on_device` (off by default): the loss's noise, the bulk of a batch's bytes, is drawn on the
+- Data workers (`workers > 0`, `avgen train --workers N`): batches are built, and the loss's random
+  draws made (all but the noise under `noise_on_device`), in N worker processes ahead of the step
+  that uses them. A batch is a pure function of its position, so the run trains on exactly what it
+  trains on without them. Frames travel as uint8 when they are exactly k/255 (a quarter of their
+  bytes; unpacked by table lookup on the device, so the step sees the same floats).
+- `noise_on_device` (off by default): the loss's noise, two thirds of a batch's bytes, is drawn on the
   training device instead, per global batch from a generator keyed by (run seed, batch position).
-  A run then replays itself exactly on the same device, over any number of processes and across
-  resumes, but no longer matches the same run on another device or with another batch size.
+  Every rank draws the whole global batch and keeps its slice, so the rules above still hold
+  (resume, data workers, processes up to float summation order) on one kind of device; the run no
+  longer matches the same run with the noise drawn per sample, on another device, or with another
+  batch size.
 """
 from __future__ import annotations
 
@@ -454,7 +457,8 @@ class StepResult:
 
 @dataclass
 class Trainer:
-    """The pieces one step touches. `net` is `model`, or its DDP wrapper under torchrun."""
+    """The pieces one step touches. `net` is `model`, or its DDP wrapper under torchrun, or either
+    through torch.compile (`train(compiled=True)`)."""
 
     cfg: TrainConfig
     rt: Runtime
@@ -884,7 +888,8 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, init_from=None, de
     checkpoint (resume goes on from there exactly); None = run to `cfg.steps`.
     compiled: the training forward and backward through `torch.compile` (fused kernels, fewer launches:
     a small model on a GPU is launch-bound). Float results differ from eager in the last bits, so a
-    compiled run replays compiled runs, not eager ones; checkpoints are the same either way.
+    compiled run replays compiled runs, not eager ones; checkpoints have the same format and names
+    either way (the model, its EMA and checkpoints stay plain). Not tried under torchrun.
     """
     if workers < 0 or (max_seconds is not None and not max_seconds > 0):
         raise ValueError(f"workers must be >= 0 and max_seconds positive, got {workers} and {max_seconds}")
