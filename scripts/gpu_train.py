@@ -9,7 +9,7 @@ is bounded by the clock and a failing phase does not stop the next one:
    seconds per clip), then `avgen bench --device cuda --captured` (the loop's utilisation on the
    GPU; batch 1 eager and with the step captured as a CUDA graph).
 2. Training, in two `avgen train --compile` calls on the same run folder, the loss's noise drawn on the
-   GPU (`noise_on_device`; the workers then carry a quarter of the bytes and do a third of the work):
+   GPU (`noise_on_device`; a worker then sends a quarter of the bytes and builds 1.65x the clips/s):
    a. the shipped weights grown to `--grow-depth` blocks (the new ones start as the identity), a big
       batch at a constant LR, for a share of the time left (`--max-minutes`);
    b. `--resume` with a linear cooldown (lr_schedule=wsd) sized from the rate that (a) measured, so

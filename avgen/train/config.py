@@ -55,7 +55,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # exported weights are the EMA; its decay ramps up as (1 + s) / (10 + s)
     bf16: bool = True  # bf16 autocast on CUDA (the CPU path always computes in fp32)
     # the loss's noise drawn on the training device per global batch (keyed by seed and position), not per
-    # sample in the data workers: two thirds of the bytes a GPU waits for, and two thirds of a worker's time;
+    # sample in the data workers: two thirds of the bytes a GPU waits for, and 40% of a worker's time;
     # the run then replays only on its kind of device
     noise_on_device: bool = False
     # bookkeeping
@@ -126,7 +126,9 @@ class TrainConfig:
 # is for one H200 (bf16, big batch). Timed once, from the shipped weights (scripts/gpu_train.py,
 # session 15: `--init-from weights/avgen --grow-depth 8`, so AVDiT-S at depth 8, not the preset's
 # AVDiT-B): batch 256 with 14 data workers ran 8.3 steps/s (2,100 clips/s) with the GPU's SMs 20-40%
-# busy (nvidia-smi dmon), so the input side, not the GPU, set the pace.
+# busy (nvidia-smi dmon): the data path or the launch-bound step set the pace (one data worker builds
+# about 1,000 clips/s on a CPU core, so not the workers' compute). `input_wait_frac` in metrics.jsonl
+# now tells the two apart.
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(model=MODEL_PRESETS["AVDiT-T"], spec=ClipSpec(duration=1.5, height=8, width=8),
                         steps=8, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, log_every=1,
