@@ -125,10 +125,15 @@ class SampleOrder:
         return int(self._perm[g % self.length])
 
 
+def seed64(*keys: int) -> int:
+    """A 64-bit seed from integer keys; SeedSequence decorrelates neighbouring keys."""
+    hi, lo = np.random.SeedSequence(list(keys)).generate_state(2, np.uint32)
+    return (int(hi) << 32) | int(lo)
+
+
 def sample_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of global sample `index`; SeedSequence decorrelates neighbouring indices."""
-    hi, lo = np.random.SeedSequence([seed, index]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed((int(hi) << 32) | int(lo))
+    """The generator of global sample `index`."""
+    return torch.Generator().manual_seed(seed64(seed, index))
 
 
 FRAME_LEVELS = torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(255))  # uint8 k -> k / 255
@@ -193,19 +198,13 @@ class DrawSpec:
                                timeline=self.timeline, noise=self.noise)
 
 
-def noise_key(seed: int, position: int) -> int:
-    """The seed of the device noise of the global batch that starts at sample `position`."""
-    hi, lo = np.random.SeedSequence([seed, position, 0x6E6F697365]).generate_state(2, np.uint32)
-    return (int(hi) << 32) | int(lo)
-
-
 def device_noise(seed: int, indices: range, rt: "Runtime", shapes: dict[str, tuple[int, int]]) -> dict[str, torch.Tensor]:
     """{m: (b, N, D_m)} noise of this rank's slice `indices` of a global batch, drawn on the runtime's
     device. Every rank draws the whole global batch from one generator keyed by its start and keeps its
     slice, so the noise of a sample does not depend on the number of processes."""
     local = len(indices)
     start, world = indices.start - rt.rank * local, local * rt.world_size
-    g = torch.Generator(rt.device).manual_seed(noise_key(seed, start))
+    g = torch.Generator(rt.device).manual_seed(seed64(seed, start, 0x6E6F697365))  # its own stream: "noise"
     mine = slice(rt.rank * local, (rt.rank + 1) * local)
     return {m: torch.randn((world, *shapes[m]), generator=g, device=rt.device)[mine] for m in MEDIA}
 
