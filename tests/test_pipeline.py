@@ -98,6 +98,21 @@ def test_prompt_stream_is_encoded_once_per_call_not_per_step(pipe, monkeypatch):
     assert mask[:4].sum(dim=1).tolist() == [2, 1, 0, 0] and torch.equal(mask[4:8], mask[:4])  # cond, uncond
 
 
+def test_the_execution_device_is_looked_up_once_per_call_not_per_step(pipe, monkeypatch):
+    """diffusers' `_execution_device` walks every module of the pipeline on each read (its offload
+    hooks): read twice per step, it cost a fifth of the CPU loop. The loop takes the device from its
+    tokens instead, so the number of reads does not grow with the steps."""
+    reads, prop = [], type(pipe)._execution_device
+    monkeypatch.setattr(type(pipe), "_execution_device", property(lambda p: reads.append(1) or prop.fget(p)))
+
+    def count(steps: int) -> int:
+        reads.clear()
+        pipe("3 1", num_inference_steps=steps, generator=seeded(0), output_type="latent")
+        return len(reads)
+
+    assert count(2) == count(6) <= 2
+
+
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_modulation_table_gives_each_step_its_own_rows(sampler, monkeypatch):
     """Sampling with the per-call AdaLN table equals sampling where every forward computes its own

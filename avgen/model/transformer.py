@@ -32,7 +32,7 @@ schedules: `objective.py` and `pipeline.py` call it as a function.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -75,12 +75,18 @@ def rope_angles(times_s: torch.Tensor, head_dim: int, min_period_s: float, max_p
     return (times_s.double()[:, None] * (2 * math.pi / periods)[None]).float()  # (L, hd/2)
 
 
-def apply_rope(x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate channel pairs (i, i + hd/2) of x (B, H, L, hd) by angles given as their (cos, sin),
-    each (L, hd/2) (computed once per forward, see `build_layout`)."""
-    cos, sin = (c.to(x.dtype) for c in cos_sin)
-    x1, x2 = x.chunk(2, dim=-1)  # (B, H, L, hd/2) each
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, L, hd)
+def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, hd/2) angles -> what `apply_rope` multiplies by: ([cos, cos], [-sin, sin]), each (L, hd)."""
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate channel pairs (i, i + hd/2) of x (B, H, L, hd) by their angles, given as `rope_tables`
+    (computed once per forward, see `build_layout`): [x1 cos - x2 sin, x2 cos + x1 sin] as
+    x * [cos, cos] + [x2, x1] * [-sin, sin], three ops instead of eight."""
+    cos, sin = (c.to(x.dtype) for c in tables)
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)  # (B, H, L, hd)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -147,13 +153,24 @@ class Layout:
     """Where each media stream sits in the media sequence, and the masks every block shares."""
 
     lengths: dict[str, int]  # media stream -> token count
-    rope: tuple[torch.Tensor, torch.Tensor]  # (cos, sin) (M, hd/2) of the media tokens' angles (prompt: unrotated)
+    rope: tuple[torch.Tensor, torch.Tensor]  # `rope_tables` (M, hd) of the media tokens' angles (prompt: unrotated)
     self_mask: torch.Tensor  # (B, 1, M, P + M) bool: media -> valid prompt tokens + same modality
     cross_mask: torch.Tensor  # (1, 1, M, M) bool over media tokens: video <-> audio only
     cross_keep: torch.Tensor  # (B, 1, 1) 1.0 where the cross-modal path is open for that sample
+    _biases: dict = field(default_factory=dict, repr=False)
 
     def split(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(zip(MEDIA, x.split([self.lengths[s] for s in MEDIA], dim=1)))
+
+    def bias(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """Mask `name` ("self_mask" or "cross_mask") as the additive bias attention adds to its logits
+        (0 where allowed, -inf elsewhere), in `dtype`: made once per forward, not by every block's
+        attention call from the boolean mask."""
+        key = (name, dtype)
+        if key not in self._biases:
+            mask = getattr(self, name)
+            self._biases[key] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -math.inf)
+        return self._biases[key]
 
 
 def build_layout(prompt_valid: torch.Tensor, num_media: int, times_s: torch.Tensor, head_dim: int,
@@ -171,7 +188,7 @@ def build_layout(prompt_valid: torch.Tensor, num_media: int, times_s: torch.Tens
     keep = torch.as_tensor(cross_modal, device=device).float().reshape(-1, 1, 1).expand(batch, 1, 1)  # (B, 1, 1)
     angles = rope_angles(times_s.to(device), head_dim, min_period_s, max_period_s)  # (N, hd/2)
     angles = torch.cat([angles, angles])  # (M, hd/2)
-    return Layout(lengths, (angles.cos(), angles.sin()), self_mask, cross_mask, keep)
+    return Layout(lengths, rope_tables(angles), self_mask, cross_mask, keep)
 
 
 # ---------------------------------------------------------------------------- blocks
@@ -197,8 +214,8 @@ class Attention(nn.Module):
         self.cross_gate = nn.ParameterDict({s: nn.Parameter(torch.zeros(dim)) for s in MEDIA})
 
     def project(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """(B, L, D) -> q, k, v (B, H, L, hd): QK-normed, and rotated by `rope` ((cos, sin), each
-        (L, hd/2)) if given."""
+        """(B, L, D) -> q, k, v (B, H, L, hd): QK-normed, and rotated by `rope` (`rope_tables`, each
+        (L, hd)) if given."""
         q, k, v = rearrange(self.qkv(h), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
@@ -217,13 +234,13 @@ class Attention(nn.Module):
         """Media tokens (B, M, D): the own pass reads [prompt + own modality], the gated cross pass the other."""
         q, k, v = self.project(h, layout.rope)  # (B, H, M, hd)
         own = F.scaled_dot_product_attention(q, torch.cat([prompt_k, k], dim=2), torch.cat([prompt_v, v], dim=2),
-                                             attn_mask=layout.self_mask)  # (B, H, M, hd)
-        cross = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.cross_mask)  # (B, H, M, hd)
-        own = layout.split(rearrange(own, "b h m d -> b m (h d)"))  # {modality: (B, N, D)}
-        cross = layout.split(rearrange(cross, "b h m d -> b m (h d)"))
-        keep = layout.cross_keep.to(cross["video"].dtype)  # (B, 1, 1)
-        media = [torch.addcmul(own[m], self.cross_gate[m].to(keep.dtype) * keep, cross[m]) for m in MEDIA]
-        return self.proj(torch.cat(media, dim=1))  # (B, M, D)
+                                             attn_mask=layout.bias("self_mask", q.dtype))  # (B, H, M, hd)
+        cross = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.bias("cross_mask", q.dtype))  # (B, H, M, hd)
+        # each media token's gate (its modality's, per channel), in the heads' layout (1, H, M, hd)
+        gate = torch.cat([self.cross_gate[m].expand(layout.lengths[m], -1) for m in MEDIA])  # (M, D)
+        gate = rearrange(gate, "m (h d) -> h m d", h=self.num_heads)[None].to(cross.dtype)
+        keep = layout.cross_keep.to(cross.dtype)[..., None]  # (B, 1, 1, 1)
+        return self.proj(rearrange(torch.addcmul(own, gate * keep, cross), "b h m d -> b m (h d)"))  # (B, M, D)
 
 
 class AVDiTBlock(nn.Module):
