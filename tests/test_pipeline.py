@@ -100,8 +100,8 @@ def test_prompt_stream_is_encoded_once_per_call_not_per_step(pipe, monkeypatch):
 
 def test_the_execution_device_is_looked_up_once_per_call_not_per_step(pipe, monkeypatch):
     """diffusers' `_execution_device` walks every module of the pipeline on each read (its offload
-    hooks): read twice per step, it cost a fifth of the CPU loop. The loop takes the device from its
-    tokens instead, so the number of reads does not grow with the steps."""
+    hooks): read three times per step, it cost a fifth of the CPU loop. The loop takes the device
+    from its tokens instead, so the number of reads does not grow with the steps."""
     reads, prop = [], type(pipe)._execution_device
     monkeypatch.setattr(type(pipe), "_execution_device", property(lambda p: reads.append(1) or prop.fget(p)))
 

@@ -97,10 +97,40 @@ def test_layout_bias_is_the_mask_as_attention_reads_it():
     for name, keys, values in (("self_mask", torch.cat([kp, k], 2), torch.cat([vp, v], 2)), ("cross_mask", k, v)):
         bias = layout.bias(name, torch.float32)
         assert layout.bias(name, torch.float32) is bias  # made once, shared by every block
+        assert layout.bias(name, torch.float64).dtype == torch.float64  # one per dtype (autocast)
         mask = getattr(layout, name)
         assert torch.equal(bias == 0, mask.expand_as(bias)) and torch.isinf(bias[~mask.expand_as(bias)]).all()
         assert torch.equal(F.scaled_dot_product_attention(q, keys, values, attn_mask=bias),
                            F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+
+
+def test_attention_gates_the_cross_pass_per_modality_and_per_sample():
+    """Attention against its formula written out with the boolean masks: the own pass over
+    [prompt | own modality], plus the cross pass scaled by that modality's gate (distinct random
+    gates per modality and channel) for samples whose cross path is open, then the projection."""
+    from avgen.model.transformer import Attention
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    with torch.no_grad():
+        for gate in attn.cross_gate.values():
+            gate.copy_(torch.randn(32))
+    n, valid = 5, torch.tensor([[True, True, False], [True, False, False]])
+    layout = build_layout(valid, n, (torch.arange(n) + 0.5) / 16, head_dim=8,
+                          cross_modal=torch.tensor([True, False]), min_period_s=0.125, max_period_s=32.0)
+    h, kp, vp = torch.randn(2, 2 * n, 32), torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8)
+    with torch.no_grad():
+        got = attn(h, layout, kp, vp)
+        q, k, v = attn.project(h, layout.rope)
+        own = F.scaled_dot_product_attention(q, torch.cat([kp, k], 2), torch.cat([vp, v], 2),
+                                             attn_mask=layout.self_mask)
+        cross = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.cross_mask)
+        own, cross = (x.transpose(1, 2).reshape(2, 2 * n, 32) for x in (own, cross))
+        gate = torch.cat([attn.cross_gate["video"].expand(n, -1), attn.cross_gate["audio"].expand(n, -1)])  # (2n, 32)
+        keep = torch.tensor([1.0, 0.0])[:, None, None]
+        expected = attn.proj(own + gate * keep * cross)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got[0], attn.proj(own)[0], atol=1e-3)  # the open sample's cross pass counts
+    assert torch.allclose(got[1], attn.proj(own)[1], atol=1e-6)  # the closed one's does not
 
 
 def test_model_uses_seconds_not_indices():
@@ -171,7 +201,8 @@ def test_prompt_states_encoded_once_give_the_same_prediction():
             cached = model(**case, prompt_states=both.select(torch.tensor(rows)))
             direct = model(**case)
             for m in ("video", "audio"):
-                # float32 rounding of a batch of 4 against 2, relative to outputs of magnitude ~30
+                # float32 rounding of a batch of 4 against 2, relative to the outputs (magnitude ~30, where
+                # an absolute 1e-5 was ~5 ulps, too tight for a change of op order such as RoPE's)
                 assert torch.allclose(cached[m], direct[m], atol=2e-6 * float(direct[m].abs().max()), rtol=0)
                 assert direct[m].abs().max() > 1e-2  # a live network, not zeros
         with pytest.raises(ValueError, match="encode them from this call"):

@@ -406,7 +406,7 @@ class AVGenPipeline(DiffusionPipeline):
         `strength` < 1, only the steps at noise levels <= strength run, from `init`'s tokens noised there."""
         schedulers = {"video": self.scheduler, "audio": self.audio_scheduler}
         # the tokens' device, not `_execution_device`: that walks every module on each read (~4 ms
-        # here), which read twice per step was a fifth of the CPU loop's time
+        # here), which read three times per step was a fifth of the CPU loop's time
         device = x["video"].device
         for m in noisy:
             schedulers[m].set_timesteps(steps, device=device)

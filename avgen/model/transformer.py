@@ -157,7 +157,7 @@ class Layout:
     self_mask: torch.Tensor  # (B, 1, M, P + M) bool: media -> valid prompt tokens + same modality
     cross_mask: torch.Tensor  # (1, 1, M, M) bool over media tokens: video <-> audio only
     cross_keep: torch.Tensor  # (B, 1, 1) 1.0 where the cross-modal path is open for that sample
-    _biases: dict = field(default_factory=dict, repr=False)
+    _biases: dict = field(default_factory=dict, init=False, compare=False, repr=False)  # see `bias`
 
     def split(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(zip(MEDIA, x.split([self.lengths[s] for s in MEDIA], dim=1)))
