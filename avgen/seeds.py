@@ -5,7 +5,8 @@ One preset per file, `seeds/<name>.json`:
 
     {"name": "3-1-4", "prompt": "3 1 4", "seed": 7,
      "settings": {"steps": 25, "sampler": "euler", "guidance_scale": 6.0,
-                  "audio_guidance_scale": null, "modality_scale": 1.0, "guidance_interval": [0.1, 0.8]},
+                  "audio_guidance_scale": null, "modality_scale": 1.0, "guidance_interval": [0.1, 0.8],
+                  "postfilter": true},
      "metrics": {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0,
                  "onset_f1": 1.0, "abs_offset_ms": 4.2, "offset_confidence": 0.61}}
 
@@ -28,7 +29,8 @@ from typing import Callable, Iterable
 DEFAULT_SEEDS_DIR = Path(__file__).resolve().parents[1] / "seeds"
 
 # The sampler settings a preset pins (names = `avgen.model.pipeline.GenerateSettings` fields).
-SETTING_KEYS = ("steps", "sampler", "guidance_scale", "audio_guidance_scale", "modality_scale", "guidance_interval")
+SETTING_KEYS = ("steps", "sampler", "guidance_scale", "audio_guidance_scale", "modality_scale", "guidance_interval",
+                "postfilter")
 PRESET_KEYS = ("name", "prompt", "seed", "settings", "metrics")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -98,6 +100,8 @@ class SeedPreset:
         if not isinstance(d["seed"], int) or isinstance(d["seed"], bool) or not 0 <= d["seed"] < 2 ** 63:
             fail(f"seed must be an integer in [0, 2^63), got {d['seed']!r}")
         settings, metrics = d["settings"], d["metrics"]
+        if isinstance(settings, dict) and "postfilter" not in settings:
+            settings = {**settings, "postfilter": False}  # written before the postfilter: measured without it
         if not isinstance(settings, dict) or set(settings) != set(SETTING_KEYS):
             fail(f"settings must hold exactly {list(SETTING_KEYS)}")
         if not isinstance(metrics, dict) or set(metrics) != set(METRICS) | set(INFO_METRICS):
@@ -141,6 +145,8 @@ def settings_problem(settings: dict) -> str:
     for k in ("guidance_scale", "modality_scale", "audio_guidance_scale"):
         if not (_is_number(settings[k]) or (k == "audio_guidance_scale" and settings[k] is None)):
             return f"settings.{k} must be a number{' or null' if k.startswith('audio') else ''}, got {settings[k]!r}"
+    if not isinstance(settings["postfilter"], bool):
+        return f"settings.postfilter must be true or false, got {settings['postfilter']!r}"
     from avgen.model.pipeline import check_interval  # the library's own rule
 
     interval = settings["guidance_interval"]

@@ -112,6 +112,11 @@ def test_frames_per_token_groups_frames():
     assert tokens["video"].shape == (1, 24, 2048) and tokens["audio"].shape == (1, 24, 2 * 516)
     assert torch.allclose(codec.token_times(), (torch.arange(24) + 0.5) * 2 / 16)
     assert torch.allclose(codec.decode_video(tokens["video"]), frames, atol=1e-6)
+    # audio tokens <-> one row per STFT frame, in time order (what the postfilter works on)
+    audio = tone(440.0, 1.0, 2.0)
+    rows = codec.audio_frames(codec.encode_audio(audio))
+    assert rows.shape == (1, 48 * 4, 129) and torch.equal(rows, codec.compress(codec.magnitudes(audio)))
+    assert torch.equal(codec.audio_tokens(rows), codec.encode_audio(audio))
 
 
 def test_bad_inputs_raise(codec):

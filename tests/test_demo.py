@@ -297,7 +297,7 @@ def write_preset(folder):
     metrics = {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0, "onset_f1": 1.0,
                "abs_offset_ms": 3.0, "offset_confidence": 0.5}
     settings = {"steps": 2, "sampler": "euler", "guidance_scale": 3.0, "audio_guidance_scale": None,
-                "modality_scale": 1.0, "guidance_interval": [0.0, 0.75]}
+                "modality_scale": 1.0, "guidance_interval": [0.0, 0.75], "postfilter": True}
     return save_preset(SeedPreset("2-7", "2 7", 11, settings, metrics), folder)
 
 
@@ -378,7 +378,13 @@ def test_examples_come_from_the_seeds_folder(served):
     assert len(datasets) == 1
     samples = datasets[0]["props"]["samples"]
     assert len(samples) == 1 and len(samples[0]) == len(EXAMPLE_FIELDS)
-    assert samples[0][:4] == ["t2av", "2 7", 11, 2] and samples[0][7] == "euler" and samples[0][8:] == [0.0, 0.75]
+    assert samples[0][:4] == ["t2av", "2 7", 11, 2] and samples[0][7] == "euler" and samples[0][8:] == [0.0, 0.75, True]
+
+
+def test_the_postfilter_checkbox_is_off_and_locked_for_weights_without_one(served):
+    app, _ = served  # the tiny weights carry no postfilter
+    box = [c for c in app.config["components"] if c.get("props", {}).get("elem_id") == "postfilter"]
+    assert len(box) == 1 and box[0]["props"]["value"] is False and box[0]["props"]["interactive"] is False
 
 
 def test_only_one_generation_runs_at_a_time(studio, monkeypatch):

@@ -17,7 +17,7 @@ from tests.demo_helpers import make_tiny_weights
 GOOD_METRICS = {"video_digit_accuracy": 1.0, "audio_digit_accuracy": 1.0, "av_agreement": 1.0, "onset_f1": 1.0,
                 "abs_offset_ms": 4.0, "offset_confidence": 0.6}
 SETTINGS = {"steps": 2, "sampler": "euler", "guidance_scale": 4.0, "audio_guidance_scale": None,
-            "modality_scale": 1.0, "guidance_interval": [0.0, 1.0]}
+            "modality_scale": 1.0, "guidance_interval": [0.0, 1.0], "postfilter": True}
 
 
 def preset_dict(**changes) -> dict:
@@ -40,6 +40,12 @@ def test_a_missing_folder_holds_no_presets(tmp_path):
     assert seeds.load_presets(tmp_path / "nope") == []
 
 
+def test_a_preset_from_before_the_postfilter_regenerates_without_it():
+    old = {k: v for k, v in SETTINGS.items() if k != "postfilter"}
+    p = SeedPreset.from_dict(preset_dict(settings=old))
+    assert p.settings["postfilter"] is False and p.generate_settings().postfilter is False
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"extra": 1}, "unknown \\['extra'\\]"),
     ({"name": "Three One Four"}, "name must be"),
@@ -51,6 +57,7 @@ def test_a_missing_folder_holds_no_presets(tmp_path):
     ({"settings": {**SETTINGS, "guidance_scale": "4"}}, "settings.guidance_scale must be a number"),
     ({"settings": {**SETTINGS, "guidance_interval": [0.8, 0.2]}}, "settings.guidance_interval must be"),
     ({"settings": {**SETTINGS, "guidance_interval": 0.5}}, "settings.guidance_interval must be"),
+    ({"settings": {**SETTINGS, "postfilter": 1}}, "settings.postfilter must be true or false"),
     ({"metrics": {}}, "written by `avgen seeds measure`"),
     ({"metrics": {**GOOD_METRICS, "onset_f1": math.nan}}, "\\['onset_f1'\\] must be numbers"),
 ])

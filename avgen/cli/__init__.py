@@ -16,7 +16,7 @@ import math
 import sys
 
 # Order = order in `avgen --help`.
-SUBCOMMANDS = ["data", "train", "export", "generate", "bench", "demo", "seeds", "eval", "judges"]
+SUBCOMMANDS = ["data", "train", "export", "postfilter", "generate", "bench", "demo", "seeds", "eval", "judges"]
 
 
 class UsageError(Exception):
@@ -78,6 +78,13 @@ def add_timeline_flag(parser) -> None:
     parser.add_argument("--no-timeline", dest="timeline", action="store_false", default=argparse.SUPPRESS,
                         help="weights with a timeline input: do not draw one from the prompt (nor read one from "
                         "given audio / video); the model then places the events itself")
+
+
+def add_postfilter_flag(parser) -> None:
+    """`--no-postfilter` (generate, eval): decode the audio as the model drew it (see avgen/model/postfilter.py)."""
+    parser.add_argument("--no-postfilter", dest="postfilter", action="store_false",
+                        help="weights with a spectral-detail postfilter (WEIGHTS/postfilter): do not apply it; the "
+                        "audio is decoded as the model drew it")
 
 
 def timeline_arg(args) -> bool:

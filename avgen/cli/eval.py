@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from avgen.cli import SEED, UsageError, add_guidance_interval, add_timeline_flag, interval_arg, timeline_arg, number, whole
+from avgen.cli import SEED, UsageError, add_guidance_interval, add_postfilter_flag, add_timeline_flag, interval_arg, timeline_arg, number, whole
 
 
 def register(sub) -> None:
@@ -72,6 +72,7 @@ def register(sub) -> None:
                    help="guidance away from the pass without the cross-modal path (1 = off)")
     add_guidance_interval(g)
     add_timeline_flag(g)
+    add_postfilter_flag(g)
     g.add_argument("--device", default="auto")
     p.add_argument("--judges", default=None, help="judges folder (default: weights/judges), or 'shapes' for the "
                    "shapes template judges (automatic with --dataset shapes)")
@@ -128,6 +129,8 @@ def mode_of(args) -> str:
         raise UsageError("Frechet distances use the digit judges' features: talking-digits only")
     if args.duration is not None and mode != "generate":
         raise UsageError("--duration applies to --generate (given and dataset clips have their own)")
+    if not args.postfilter and mode != "generate":
+        raise UsageError("--no-postfilter applies to --generate (re-noised clips are always decoded without it)")
     if (args.mode != "t2av" or args.no_prompt) and mode != "generate":
         raise UsageError("--mode and --no-prompt apply to --generate")
     if args.no_prompt and args.mode == "t2av":
@@ -239,13 +242,18 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
         control = suite.Control(args.shift_ms, args.swap_audio, args.random_events, args.corrupt, codec, args.renoise)
         meta.update(dataset=args.dataset, split=args.split, control=control.describe())
         return suite.dataset_items(args.dataset, args.split, args.n, work / "clips", control, args.seed, args.data_root)
+    from avgen.model.pipeline import AVGenPipeline
+
+    post = AVGenPipeline.postfilter_of(args.weights) if args.postfilter and args.mode != "a2v" else None
     meta.update(weights=str(args.weights), dataset=reference_name(args), generate_mode=args.mode,
+                postfilter=None if post is None else post.describe(),
                 prompt=not args.no_prompt)
     return suite.generated_items(args.weights, args.generate, work / "generated", args.seed, reference_name(args),
                                  args.steps, args.device, args.data_root, args.duration, sampler=args.sampler,
                                  guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
                                  modality_scale=args.modality_scale,
                                  guidance_interval=interval_arg(args), timeline=timeline_arg(args),
+                                 postfilter=args.postfilter,
                                  mode=args.mode,
                                  prompt=not args.no_prompt)
 

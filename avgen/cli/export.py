@@ -32,4 +32,5 @@ def run(args) -> int:
         raise UsageError(str(e)) from None
     fp16 = f", fp16 max |output change| {r.fp16_max_abs_diff:.2e}" if r.fp16_max_abs_diff is not None else ""
     print(f"{r.out}: step {r.step} EMA weights, {r.parameters / 1e6:.2f}M parameters, {r.dtype}{fp16}")
+    print(f"next: `avgen postfilter --weights {r.out}` fits the audio postfilter for these weights (a few minutes)")
     return 0

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from avgen.cli import SEED, UsageError, add_guidance_interval, add_timeline_flag, interval_arg, timeline_arg, number, whole
+from avgen.cli import SEED, UsageError, add_guidance_interval, add_postfilter_flag, add_timeline_flag, interval_arg, timeline_arg, number, whole
 
 MAX_STEPS, MAX_CLIPS, MAX_DURATION_S, MAX_GUIDANCE = 1000, 100, 60.0, 100.0
 
@@ -34,6 +34,7 @@ def register(subparsers) -> None:
                    help="guidance away from the pass without the cross-modal path (1 = off)")
     add_guidance_interval(p)
     add_timeline_flag(p)
+    add_postfilter_flag(p)
     p.add_argument("--duration", type=number(0.0, MAX_DURATION_S, above=True), default=None,
                    help="seconds (default: the model's clip length)")
     p.add_argument("--num-clips", type=whole(1, MAX_CLIPS), default=d.num_clips)
@@ -94,6 +95,7 @@ def run(args) -> int:
                                 guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
                                 modality_scale=args.modality_scale,
                                 guidance_interval=interval_arg(args), timeline=timeline_arg(args),
+                                postfilter=args.postfilter,
                                 duration=args.duration,
                                 num_clips=args.num_clips, device=args.device, mode=mode)
     clips = generate(pipe, settings, **given)

@@ -115,6 +115,12 @@ def _inputs(studio: Studio, device: str) -> dict:
             ins["guide_hi"] = gr.Slider(0.0, 1.0, value=hi, step=0.05,
                                         label="... up to noise level (1 = pure noise)")
         ins["sampler"] = gr.Dropdown(list(studio.samplers), value=d.sampler, label="sampler")
+        has_postfilter = studio.pipe.postfilter is not None
+        ins["postfilter"] = gr.Checkbox(value=d.postfilter and has_postfilter, interactive=has_postfilter,
+                                        label="spectral-detail postfilter", elem_id="postfilter",
+                                        info="gives the voice back the fine structure the model smooths away; "
+                                        "off = the sound as the model drew it" if has_postfilter else
+                                        "these weights have none (fit one: avgen postfilter --weights DIR)")
         ins["device"] = gr.Radio(list(DEVICE_CHOICES), value=device, label="device")
     ins["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
     return ins
@@ -133,7 +139,7 @@ def _outputs() -> dict:
 
 
 EXAMPLE_FIELDS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidance", "modality", "sampler",
-                  "guide_lo", "guide_hi")
+                  "guide_lo", "guide_hi", "postfilter")
 
 
 def example_row(p: SeedPreset) -> list:
@@ -142,7 +148,7 @@ def example_row(p: SeedPreset) -> list:
     audio_g = s["guidance_scale"] if s["audio_guidance_scale"] is None else s["audio_guidance_scale"]
     lo, hi = s["guidance_interval"]
     return ["t2av", p.prompt, p.seed, s["steps"], s["guidance_scale"], audio_g, s["modality_scale"], s["sampler"],
-            lo, hi]
+            lo, hi, s["postfilter"]]
 
 
 def example_label(p: SeedPreset) -> str:
@@ -158,7 +164,7 @@ def _examples(presets: list[SeedPreset], ins: dict) -> None:
 
 # ----------------------------------------------------------------------------- events
 GENERATE_INPUTS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidance", "modality", "sampler",
-                   "device", "audio", "video", "guide_lo", "guide_hi")
+                   "device", "audio", "video", "guide_lo", "guide_hi", "postfilter")
 
 
 def _wire(studio: Studio, ins: dict, outs: dict) -> None:
@@ -188,11 +194,12 @@ def make_handler(studio: Studio):
     from avgen.model.pipeline import GenerateSettings
 
     def generate(mode, prompt, seed, steps, guidance, audio_guidance, modality, sampler, device, audio, video,
-                 guide_lo=None, guide_hi=None, progress=gr.Progress()):
+                 guide_lo=None, guide_hi=None, postfilter=True, progress=gr.Progress()):
         interval = None if guide_lo is None or guide_hi is None else (guide_lo, guide_hi)  # None: the mode's default
         settings = GenerateSettings(prompt=prompt or "", seed=seed, steps=steps, sampler=sampler,
                                     guidance_scale=guidance, audio_guidance_scale=audio_guidance,
-                                    modality_scale=modality, guidance_interval=interval, device=device, mode=mode)
+                                    modality_scale=modality, guidance_interval=interval, device=device, mode=mode,
+                                    postfilter=postfilter)
         upload = {"a2v": audio, "v2a": video}.get(mode)
         say = lambda fraction, desc: progress(fraction, desc=desc)  # noqa: E731
         try:

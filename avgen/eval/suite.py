@@ -396,13 +396,15 @@ def codec_clip(clip: Clip, codec) -> Clip:
 
 def renoised_clip(clip: Clip, pipe, strength: float, seed: int) -> Clip:
     """Both modalities of `clip` noised to level `strength` and denoised by `pipe` from there, with the
-    clip's prompt, its own timeline and the default settings (`AVGenPipeline`'s `strength`)."""
+    clip's prompt, its own timeline and the default settings (`AVGenPipeline`'s `strength`). The audio is
+    decoded as the model drew it (no postfilter): this measures the model."""
     import torch
 
     from avgen.model.pipeline import GenerateSettings
 
     out = pipe(clip.prompt, init_video=clip.frames, init_audio=clip.audio, strength=strength,
-               guidance_scale=GenerateSettings.guidance_scale, generator=torch.Generator().manual_seed(seed))
+               guidance_scale=GenerateSettings.guidance_scale, generator=torch.Generator().manual_seed(seed),
+               postfilter=False)
     return Clip(out.frames[0], out.audio[0].astype(np.float32), clip.fps, clip.sample_rate, clip.events, clip.prompt,
                 dict(clip.meta))
 

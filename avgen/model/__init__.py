@@ -4,6 +4,7 @@
     codec.py        AVCodec: clip <-> {video, audio} tokens, one token per frame each, one clock
     transformer.py  AVDiT: joint-attention diffusion transformer predicting clean tokens
     objective.py    rectified flow: sample_times, encode_prompts, training_loss
+    postfilter.py   SpectralPostfilter: the fine spectral detail of generated audio, restored (fitted per weights)
     pipeline.py     AVGenPipeline (diffusers) + generate / load_pipeline for the CLI and demo
     device.py       resolve_device, autocast (bf16 on CUDA, fp32 on CPU), maybe_compile
 
@@ -19,6 +20,7 @@ _EXPORTS = {
     "AVDiT": "transformer",
     "ObjectiveConfig": "objective", "encode_prompts": "objective", "sample_times": "objective",
     "training_loss": "objective",
+    "SpectralPostfilter": "postfilter",
     "AVGenPipeline": "pipeline", "AVGenPipelineOutput": "pipeline", "GenerateSettings": "pipeline",
     "generate": "pipeline", "load_pipeline": "pipeline",
     "resolve_device": "device",

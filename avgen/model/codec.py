@@ -84,6 +84,18 @@ class AVCodec(nn.Module):
         return (torch.arange(n, dtype=torch.float64) + 0.5).mul(seconds_per_token).float()
 
     # ------------------------------------------------------------------ audio features
+    @property
+    def stft_per_token(self) -> int:
+        return self.cfg.frames_per_token * self.cfg.stft_per_frame
+
+    def audio_frames(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, Da) audio tokens -> (B, K, Fa) normalised features, one row per STFT frame."""
+        return rearrange(tokens, "b n (k f) -> b (n k) f", k=self.stft_per_token)
+
+    def audio_tokens(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, K, Fa) normalised features -> (B, N, Da) audio tokens (the inverse of `audio_frames`)."""
+        return rearrange(feats, "b (n k) f -> b n (k f)", k=self.stft_per_token)
+
     def magnitudes(self, audio: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, K, bins) STFT magnitudes, K = S / hop, frame k centred in hop cell k."""
         if audio.shape[-1] % self.hop:
@@ -127,8 +139,7 @@ class AVCodec(nn.Module):
         samples_per_token = c.frames_per_token * self.spec.samples_per_frame
         if audio.ndim != 2 or audio.shape[1] % samples_per_token:
             raise ValueError(f"expected audio (B, S) with S a multiple of {samples_per_token}, got {tuple(audio.shape)}")
-        feats = self.compress(self.magnitudes(audio.float()))  # (B, K, Fa)
-        return rearrange(feats, "b (n k) f -> b n (k f)", k=c.frames_per_token * c.stft_per_frame)
+        return self.audio_tokens(self.compress(self.magnitudes(audio.float())))  # (B, N, Da)
 
     def encode(self, frames: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames (B, T, H, W, C) in [0, 1], audio (B, S) -> {video: (B, N, Dv), audio: (B, N, Da)}."""
@@ -145,7 +156,7 @@ class AVCodec(nn.Module):
 
     def decode_audio(self, tokens: torch.Tensor) -> torch.Tensor:
         c = self.cfg
-        feats = rearrange(tokens.float(), "b n (k f) -> b (n k) f", k=c.frames_per_token * c.stft_per_frame)
+        feats = self.audio_frames(tokens.float())  # (B, K, Fa)
         num_samples = tokens.shape[1] * c.frames_per_token * self.spec.samples_per_frame
         wave = self.waveform(self.expand(feats), num_samples)  # (B, S)
         # tokens far outside the data's range (extreme guidance) can exceed full scale: such a clip is

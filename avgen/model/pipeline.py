@@ -22,6 +22,10 @@ step's noise levels and each row's label count).
 Audio-to-video / video-to-audio: `audio=` / `video=` hold that modality clean (t = 0) for every
 pass and every step; it is returned bit-identical, and only the other modality is sampled.
 
+Decoding: the audio the model drew goes through the weights' spectral-detail postfilter
+(`avgen.model.postfilter`, stored in `<weights>/postfilter/`, read by `load_pipeline`) unless
+`postfilter=False`; `output_type="latent"` returns the tokens as the model drew them.
+
 Re-noising (SDEdit, Meng et al. 2022): `init_audio=` / `init_video=` with `strength` < 1 start that
 modality from its own tokens noised to level `strength` and sample only the steps below it. On real
 clips it measures where along the noise scale a model loses a modality's statistics
@@ -48,6 +52,7 @@ from avgen.data.clip import Clip
 from avgen.model.codec import AVCodec
 from avgen.model.device import autocast, maybe_compile, resolve_device
 from avgen.model.objective import encode_prompts, x0_to_velocity
+from avgen.model.postfilter import FOLDER as POSTFILTER_FOLDER, SpectralPostfilter
 from avgen.model.timeline import LayoutPrior, events_from_slots, slots_from_events, unknown_slot
 from avgen.model.transformer import AVDiT, MEDIA, Modulation
 
@@ -153,10 +158,38 @@ class AVGenPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, audio_scheduler=audio_scheduler)
         self.codec = AVCodec.from_config(transformer.config)  # fixed, rebuilt from the stored config
+        self.postfilter: SpectralPostfilter | None = None  # set by load_pipeline from <weights>/postfilter
 
     @classmethod
     def from_transformer(cls, transformer: AVDiT, sampler: str = "euler") -> "AVGenPipeline":
         return cls(transformer, make_scheduler(sampler), make_scheduler(sampler))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "AVGenPipeline":
+        """diffusers' loader, plus the folder's postfilter (`<folder>/postfilter`) when it has one."""
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return pipe.load_postfilter(pretrained_model_name_or_path)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """diffusers' writer, plus the postfilter (`<folder>/postfilter`) when the pipeline has one."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self.postfilter is not None:
+            self.postfilter.save(Path(save_directory) / POSTFILTER_FOLDER)
+
+    def load_postfilter(self, weights_dir) -> "AVGenPipeline":
+        """Attach `<weights_dir>/postfilter` (fitted for these weights by `avgen postfilter`) if it exists;
+        PostfilterError (one line) if it is unusable or fits other weights."""
+        folder = Path(weights_dir) / POSTFILTER_FOLDER
+        if folder.is_dir():
+            c = self.codec.cfg
+            self.postfilter = SpectralPostfilter.load(folder, c.n_mels or self.codec.n_bins)
+        return self
+
+    @staticmethod
+    def postfilter_of(weights_dir) -> SpectralPostfilter | None:
+        """The postfilter a weights folder carries (None without one), as `load_postfilter` reads it."""
+        folder = Path(weights_dir) / POSTFILTER_FOLDER
+        return SpectralPostfilter.load(folder) if folder.is_dir() else None
 
     def set_sampler(self, name: str) -> "AVGenPipeline":
         self.scheduler, self.audio_scheduler = make_scheduler(name), make_scheduler(name)
@@ -322,11 +355,12 @@ class AVGenPipeline(DiffusionPipeline):
                  output_type: str = "np", return_dict: bool = True,
                  callback_on_step_end: Callable | None = None,
                  callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents", "audio_latents"),
-                 timeline="auto"):
+                 timeline="auto", postfilter: bool = True):
         """Generate clips. `prompt` is a label sequence ("3 1 4") or a list of them (a batch);
         `audio=` (S,) / (B, S) or `video=` (T, H, W, C) / (B, ...) in [0, 1] hold that modality clean.
         `init_audio=` / `init_video=` (same shapes) with `strength` in (0, 1): that modality starts from its
         own tokens noised to level `strength` (euler only; every sampled modality needs one).
+        `postfilter`: decode generated audio through `self.postfilter` when the weights have one.
         Returns `AVGenPipelineOutput` (or a tuple (frames, audio) with return_dict=False).
         """
         self.check_inputs(output_type, num_inference_steps, audio, video)
@@ -357,7 +391,7 @@ class AVGenPipeline(DiffusionPipeline):
         x = self.denoise(x, [m for m in MEDIA if m not in given], prompts, guidance, num_inference_steps,
                          callback_on_step_end, callback_on_step_end_tensor_inputs, init, strength)
         self.maybe_free_model_hooks()
-        frames, waves = self.decode(x, given, video, audio, output_type)
+        frames, waves = self.decode(x, given, video, audio, output_type, postfilter)
         if not return_dict:
             return frames, waves
         slots = prompts["slots"]
@@ -446,13 +480,21 @@ class AVGenPipeline(DiffusionPipeline):
         returned = callback(self, i, step_t, {n: x[key[n]] for n in names}) or {}
         return {**x, **{key[n]: v for n, v in returned.items() if n in key}}
 
-    def decode(self, x: dict[str, torch.Tensor], given: dict, video, audio, output_type: str):
-        """Tokens -> waveforms and frames; a given modality is passed through untouched."""
+    def decode(self, x: dict[str, torch.Tensor], given: dict, video, audio, output_type: str,
+               postfilter: bool = True):
+        """Tokens -> waveforms and frames; a given modality is passed through untouched, generated audio
+        goes through the postfilter (when the weights have one and `postfilter`)."""
         if output_type == "latent":
             return x["video"], x["audio"]
         batch = x["video"].shape[0]
         frames = _batched(video, 4, batch, "video") if "video" in given else self.codec.decode_video(x["video"])
-        waves = _batched(audio, 1, batch, "audio") if "audio" in given else self.codec.decode_audio(x["audio"])
+        if "audio" in given:
+            waves = _batched(audio, 1, batch, "audio")
+        else:
+            tokens = x["audio"]
+            if postfilter and self.postfilter is not None:
+                tokens = self.codec.audio_tokens(self.postfilter(self.codec.audio_frames(tokens.float())))
+            waves = self.codec.decode_audio(tokens)
         if output_type == "np":
             return frames.cpu().numpy(), waves.cpu().numpy()
         return frames, waves
@@ -487,6 +529,7 @@ class GenerateSettings:
     device: str = "auto"
     mode: str = "t2av"  # t2av | a2v | v2a
     timeline: bool = True  # weights with a timeline input: draw it (text) or read it (given modality); False: unknown
+    postfilter: bool = True  # weights with a postfilter (<weights>/postfilter): decode generated audio through it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -503,9 +546,10 @@ class GenerateSettings:
                              f"num_clips={self.num_clips}, seed={self.seed}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if not isinstance(self.timeline, (bool, np.bool_)):
-            raise ValueError(f"timeline must be true or false, got {self.timeline!r}")
-        self.timeline = bool(self.timeline)
+        for name in ("timeline", "postfilter"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
         if self.mode not in ("t2av", "a2v", "v2a"):
             raise ValueError(f"mode must be t2av, a2v or v2a, got {self.mode!r}")
         check_scales(guidance_scale=self.guidance_scale, audio_guidance_scale=self.audio_guidance_scale,
@@ -543,8 +587,9 @@ def weights_file(weights_dir: Path) -> Path:
 
 
 def load_pipeline(weights_dir=DEFAULT_WEIGHTS, device: str = "auto", sampler: str = "euler",
-                  compile: bool = False) -> AVGenPipeline:
-    """A weights folder (as written by `AVGenPipeline.save_pretrained`) -> ready pipeline, offline."""
+                  compile: bool = False, postfilter: bool = True) -> AVGenPipeline:
+    """A weights folder (as written by `AVGenPipeline.save_pretrained`) -> ready pipeline, offline; with its
+    postfilter unless `postfilter=False` (fitting a new one must not depend on the old one)."""
     from avgen.train.checkpoint import check_weights_folder  # names the file; safetensors only
 
     weights_dir = Path(weights_dir)
@@ -555,7 +600,10 @@ def load_pipeline(weights_dir=DEFAULT_WEIGHTS, device: str = "auto", sampler: st
     # fp32 whatever the stored dtype (exports may be fp16); the device decides compute precision
     transformer = AVDiT.from_pretrained(weights_dir / "transformer", local_files_only=True, use_safetensors=True,
                                         torch_dtype=torch.float32)
-    pipe = AVGenPipeline.from_transformer(transformer.eval(), sampler).to(resolve_device(device))
+    pipe = AVGenPipeline.from_transformer(transformer.eval(), sampler)
+    if postfilter:
+        pipe.load_postfilter(weights_dir)
+    pipe = pipe.to(resolve_device(device))
     pipe.transformer = maybe_compile(pipe.transformer, compile)
     return pipe
 
@@ -568,10 +616,7 @@ def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=
     n = settings.check().num_clips
     pipe.set_sampler(settings.sampler)
     generators = [torch.Generator("cpu").manual_seed(settings.seed + i) for i in range(n)]
-    out = pipe([settings.prompt] * n, duration_s=settings.duration, num_inference_steps=settings.steps,
-               guidance_scale=settings.guidance_scale, audio_guidance_scale=settings.audio_guidance_scale,
-               modality_scale=settings.modality_scale, guidance_interval=settings.guidance_interval,
-               generator=generators, audio=audio, video=video, timeline="auto" if settings.timeline else None,
+    out = pipe([settings.prompt] * n, generator=generators, audio=audio, video=video, **sampling_kwargs(settings),
                callback_on_step_end=None if on_step is None else _step_reporter(on_step, settings.steps))
     labels, clips = pipe.parse_prompts(settings.prompt, 1)[0], []
     for i in range(n):
@@ -581,6 +626,15 @@ def generate(pipe: AVGenPipeline, settings: GenerateSettings, audio=None, video=
         clips.append(Clip(out.frames[i].astype(np.float32), out.audio[i].astype(np.float32), out.fps,
                           out.sample_rate, prompt=settings.prompt, meta=meta))
     return clips
+
+
+def sampling_kwargs(settings: GenerateSettings) -> dict:
+    """The pipeline-call arguments that `settings` decides (all but prompts, seeds and given modalities;
+    the sampler is set with `pipe.set_sampler`)."""
+    return dict(duration_s=settings.duration, num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale, audio_guidance_scale=settings.audio_guidance_scale,
+                modality_scale=settings.modality_scale, guidance_interval=settings.guidance_interval,
+                timeline="auto" if settings.timeline else None, postfilter=settings.postfilter)
 
 
 def _step_reporter(on_step: Callable[[int, int], None], steps: int) -> Callable:
@@ -619,6 +673,9 @@ def write_outputs(clips: list[Clip], out, settings: GenerateSettings, weights_di
     from avgen.data.io import write_mp4
 
     weights = {"path": str(Path(weights_dir).resolve()), "sha256": sha256_file(weights_file(weights_dir))}
+    decoded = settings.postfilter and settings.mode != "a2v"  # A2V returns the given sound as it is
+    post = AVGenPipeline.postfilter_of(weights_dir) if decoded else None
+    weights["postfilter"] = None if post is None else post.describe()  # what decoded the audio (None: nothing)
     paths = output_paths(Path(out), len(clips))
     for clip, path in zip(clips, paths):
         write_mp4(clip, path)
