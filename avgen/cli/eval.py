@@ -244,9 +244,8 @@ def collect_items(args, mode: str, work: Path, meta: dict) -> list:
         return suite.dataset_items(args.dataset, args.split, args.n, work / "clips", control, args.seed, args.data_root)
     from avgen.model.pipeline import AVGenPipeline
 
-    post = AVGenPipeline.postfilter_of(args.weights) if args.postfilter and args.mode != "a2v" else None
     meta.update(weights=str(args.weights), dataset=reference_name(args), generate_mode=args.mode,
-                postfilter=None if post is None else post.describe(),
+                postfilter=AVGenPipeline.postfilter_record(args.weights, args.postfilter, args.mode),
                 prompt=not args.no_prompt)
     return suite.generated_items(args.weights, args.generate, work / "generated", args.seed, reference_name(args),
                                  args.steps, args.device, args.data_root, args.duration, sampler=args.sampler,

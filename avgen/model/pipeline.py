@@ -179,17 +179,21 @@ class AVGenPipeline(DiffusionPipeline):
     def load_postfilter(self, weights_dir) -> "AVGenPipeline":
         """Attach `<weights_dir>/postfilter` (fitted for these weights by `avgen postfilter`) if it exists;
         PostfilterError (one line) if it is unusable or fits other weights."""
-        folder = Path(weights_dir) / POSTFILTER_FOLDER
-        if folder.is_dir():
-            c = self.codec.cfg
-            self.postfilter = SpectralPostfilter.load(folder, c.n_mels or self.codec.n_bins)
+        self.postfilter = self.postfilter_of(weights_dir, self.codec.cfg.n_mels or self.codec.n_bins)
         return self
 
     @staticmethod
-    def postfilter_of(weights_dir) -> SpectralPostfilter | None:
-        """The postfilter a weights folder carries (None without one), as `load_postfilter` reads it."""
+    def postfilter_of(weights_dir, bins: int | None = None) -> SpectralPostfilter | None:
+        """The postfilter a weights folder carries (None without one); with `bins`, checked to fit them."""
         folder = Path(weights_dir) / POSTFILTER_FOLDER
-        return SpectralPostfilter.load(folder) if folder.is_dir() else None
+        return SpectralPostfilter.load(folder, bins) if folder.is_dir() else None
+
+    @staticmethod
+    def postfilter_record(weights_dir, postfilter: bool, mode: str) -> dict | None:
+        """What a sidecar or an eval report records of the postfilter that decoded generated audio: None
+        when it is off, the weights have none, or the sound was given (A2V returns it as it is)."""
+        post = AVGenPipeline.postfilter_of(weights_dir) if postfilter and mode != "a2v" else None
+        return None if post is None else post.describe()
 
     def set_sampler(self, name: str) -> "AVGenPipeline":
         self.scheduler, self.audio_scheduler = make_scheduler(name), make_scheduler(name)
@@ -673,9 +677,7 @@ def write_outputs(clips: list[Clip], out, settings: GenerateSettings, weights_di
     from avgen.data.io import write_mp4
 
     weights = {"path": str(Path(weights_dir).resolve()), "sha256": sha256_file(weights_file(weights_dir))}
-    decoded = settings.postfilter and settings.mode != "a2v"  # A2V returns the given sound as it is
-    post = AVGenPipeline.postfilter_of(weights_dir) if decoded else None
-    weights["postfilter"] = None if post is None else post.describe()  # what decoded the audio (None: nothing)
+    weights["postfilter"] = AVGenPipeline.postfilter_record(weights_dir, settings.postfilter, settings.mode)
     paths = output_paths(Path(out), len(clips))
     for clip, path in zip(clips, paths):
         write_mp4(clip, path)
