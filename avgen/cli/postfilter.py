@@ -3,6 +3,7 @@ over `avgen.model.postfilter.fit_postfilter`) and store it as DIR/postfilter, wh
 so `avgen generate`, `avgen eval --generate` and the demo, pick it up.
 
     avgen postfilter --weights weights/avgen              # 160 + 160 clips, a few minutes on a CPU
+    avgen postfilter --weights weights/avgen --width 3 --strength 2.5 --force   # how the shipped one was fitted
     avgen postfilter --weights weights/avgen --show       # print the stored gains and how they were fitted
     avgen postfilter --weights weights/avgen --set-strength 2   # apply 1 + 2 (gain - 1): keep the fit, change the dose
 
@@ -14,6 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+
+def odd(text: str) -> int:
+    """argparse type: an odd whole number in [1, 63], a centred moving average's width in bins."""
+    from avgen.cli import whole
+
+    value = whole(1, 63)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is even; a centred moving average needs an odd width")
+    return value
 
 
 def register(subparsers) -> None:
@@ -32,7 +43,13 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--strength", type=number(0.0, 10.0), default=PostfilterConfig.strength,
                    help="store this strength: the filter applies 1 + STRENGTH * (fitted gain - 1) (default: %(default)s, "
-                   "the variance matched in the model's features)")
+                   "the variance matched in the model's features; Griffin-Lim smooths some of it away again, and the "
+                   "shipped weights use 2.5, chosen on held-out clips: weights/README.md)")
+    p.add_argument("--width", type=odd, default=PostfilterConfig.width,
+                   help="bins of the moving average along frequency that defines each frame's envelope; the detail "
+                   "around it is what the filter scales (default: %(default)s)")
+    p.add_argument("--smooth", type=odd, default=PostfilterConfig.smooth,
+                   help="bins the fitted gains are averaged over (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace an existing postfilter")
     p.add_argument("--set-strength", type=number(0.0, 10.0), default=None, metavar="S",
                    help="change the stored postfilter's strength to S, keeping its fitted gains")
@@ -43,7 +60,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from avgen.cli import UsageError
     from avgen.model.pipeline import load_pipeline
-    from avgen.model.postfilter import FOLDER, PostfilterConfig, SpectralPostfilter, fit_postfilter
+    from avgen.model.postfilter import FOLDER, PostfilterConfig, PostfilterError, SpectralPostfilter, fit_postfilter
     from avgen.train.checkpoint import check_weights_folder
 
     out = args.out or args.weights / FOLDER
@@ -69,7 +86,13 @@ def run(args) -> int:
     check_weights_folder(args.weights)
     pipe = load_pipeline(args.weights, args.device, postfilter=False)  # a broken old one must not stop a refit
     pipe.set_progress_bar_config(disable=True)
-    post = fit_postfilter(pipe, args.n, args.seed, args.batch, args.data_root, PostfilterConfig(strength=args.strength))
+    cfg = PostfilterConfig(width=args.width, smooth=args.smooth)  # strength 1: valid for any fitted gains
+    post = fit_postfilter(pipe, args.n, args.seed, args.batch, args.data_root, cfg)
+    try:
+        post = post.with_strength(args.strength)
+    except PostfilterError as e:  # e.g. gains below 1 at a high strength: keep the fit, say what to do
+        post.save(out)
+        raise UsageError(f"{e}; the fit is stored at strength 1 in {out} (change it with --set-strength)") from None
     post.save(out)
     fit = post.cfg.fit
     print(f"{out}: fitted gains per band {fit['gains']} (real / generated detail variance "
