@@ -108,3 +108,16 @@ def test_frame_rate_falls_back_to_timestamps():
     assert _frame_rate(Fraction(-36161), times) == pytest.approx(16)
     assert _frame_rate(None, times) == pytest.approx(16)
     assert _frame_rate(None, np.zeros(1)) == 25.0
+    # PyAV raising while it reads the declared rate counts as no declared rate
+    from avgen.data.io import _declared_rate
+
+    class Broken:
+        @property
+        def average_rate(self):
+            raise ZeroDivisionError("Fraction(37, 0)")
+
+    class Fine:
+        average_rate = Fraction(16)
+
+    assert _declared_rate(Broken()) is None and _declared_rate(Fine()) == 16
+    assert _frame_rate(_declared_rate(Broken()), times) == pytest.approx(16)

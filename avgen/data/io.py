@@ -181,6 +181,15 @@ def _frame_rate(declared, times: np.ndarray) -> float:
     return measured if measured is not None else 25.0
 
 
+def _declared_rate(stream):
+    """A stream's `average_rate`, or None where PyAV cannot make one: it builds a Fraction from the
+    container's numbers and raises on a zero denominator (seen under load: Fraction(37, 0))."""
+    try:
+        return stream.average_rate
+    except (ZeroDivisionError, ValueError, OverflowError):
+        return None
+
+
 def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True, stop_after_s: float | None = None,
               max_side: int | None = None) -> Decoded:
     """Decode the first video and audio streams of a file.
@@ -245,7 +254,7 @@ def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True
     vt = np.asarray(vtimes, np.float64)
     order = np.argsort(vt, kind="stable")
     vt, frames = vt[order], [frames[i] for i in order]
-    fps = _frame_rate(vs.average_rate, vt)
+    fps = _frame_rate(_declared_rate(vs), vt)
     audio = np.concatenate(chunks) if chunks else None
     return Decoded(str(p), np.stack(frames), vt - vt[0], fps, audio, int(sr or 0),
                    float((a_start or 0.0) - vt[0]), complete)
