@@ -228,7 +228,8 @@ def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True
                     t = float(fr.time) if fr.time is not None else None
                     if packet.stream is vs:
                         if t is None:
-                            t = vtimes[-1] + 1 / float(vs.average_rate or 25) if vtimes else 0.0
+                            rate = _declared_rate(vs)
+                            t = vtimes[-1] + 1 / float(rate if rate and rate > 0 else 25) if vtimes else 0.0
                         frames.append(fr.to_ndarray(format="rgb24", **_fitted_size(fr, max_side)))
                         vtimes.append(t)
                     else:
