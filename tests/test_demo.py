@@ -400,12 +400,44 @@ def test_only_one_generation_runs_at_a_time(studio, monkeypatch):
         finally:
             active[0] -= 1
     monkeypatch.setattr(type(studio.pipe), "__call__", counting)
-    threads = [threading.Thread(target=studio.run, args=(settings(seed=i),)) for i in range(3)]
+    errors = []
+
+    def request(seed):
+        try:
+            studio.run(settings(seed=seed))
+        except Exception as e:  # a worker thread's exception would otherwise only be logged
+            errors.append(e)
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert worst[0] == 1 and active[0] == 0
+    assert errors == []  # 3 requests, keep_results=2: no request lost its folder to another's pruning
+
+
+def test_a_result_still_being_shown_is_not_pruned(studio):
+    """Pruning spares a folder whose clip is written but not yet inspected (the page is showing the
+    clip while the report is measured), however many requests finish meanwhile; it goes once done."""
+    import gc
+
+    results = studio.workdir / "results"
+    held = studio.make(settings(seed=11))
+    for i in range(3):  # keep_results=2: without the guard `held` would be deleted here
+        studio.run(settings(seed=20 + i))
+    assert held.video_path.exists() and held.audio_path.exists()
+    studio.inspect(held)
+    assert held.figure_path.exists() and held.report["prompt"] == "3 1 4"
+    studio.run(settings(seed=30))
+    assert not held.video_path.parent.exists() and len(list(results.iterdir())) == 2
+
+    dropped = studio.make(settings(seed=12))  # made, never inspected: released when the caller drops it
+    folder = dropped.video_path.parent
+    del dropped
+    gc.collect()
+    for i in range(2):  # two newer results push it out of the 2 kept
+        studio.run(settings(seed=31 + i))
+    assert not folder.exists() and len(list(results.iterdir())) == 2
 
 
 @pytest.mark.slow

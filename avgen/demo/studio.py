@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -60,6 +61,8 @@ class Studio:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._ids = itertools.count()
+        self._folders = threading.Lock()  # guards `_live` and the pruning
+        self._live: set[Path] = set()  # result folders still being written or inspected: never pruned
 
     # ------------------------------------------------------------------ the model's facts
     @property
@@ -128,20 +131,31 @@ class Studio:
                             on_step=lambda i, n: say(0.05 + 0.75 * i / n, f"sampling: {i}/{n} steps"))[0]
             seconds = time.perf_counter() - t0
         out = self._result_dir()
-        say(0.8, "writing the mp4")
-        video_path = write_mp4(clip, out / "clip.mp4")
-        audio_path = write_wav(clip.audio, clip.sample_rate, out / "audio.wav")
-        return StudioResult(clip, video_path, audio_path, settings, notes, seconds)
+        try:
+            say(0.8, "writing the mp4")
+            video_path = write_mp4(clip, out / "clip.mp4")
+            audio_path = write_wav(clip.audio, clip.sample_rate, out / "audio.wav")
+        except BaseException:
+            self._release(out)
+            raise
+        result = StudioResult(clip, video_path, audio_path, settings, notes, seconds)
+        # the folder stays live until `inspect` has written the figure, or until the caller drops the
+        # result without inspecting it
+        weakref.finalize(result, self._release, out)
+        return result
 
     def inspect(self, result: StudioResult, progress: Progress | None = None) -> StudioResult:
         """The sync report of the written mp4 and the figure (a second or so, after the clip is shown)."""
         say = progress or _silent
-        say(0.85, "measuring sync")
-        result.report = analyse_file(result.video_path, result.settings.prompt, self.judges)
-        if result.clip.meta.get("timeline"):  # what a timeline model was asked to place, next to what it placed
-            result.report["timeline_s"] = [[lab, round(a, 4), round(b, 4)] for lab, a, b in result.clip.meta["timeline"]]
-        say(0.95, "drawing the figure")
-        result.figure_path = render_figure(result.clip, result.report, result.video_path.with_name("figure.png"))
+        try:
+            say(0.85, "measuring sync")
+            result.report = analyse_file(result.video_path, result.settings.prompt, self.judges)
+            if result.clip.meta.get("timeline"):  # what a timeline model was asked to place, next to what it placed
+                result.report["timeline_s"] = [[lab, round(a, 4), round(b, 4)] for lab, a, b in result.clip.meta["timeline"]]
+            say(0.95, "drawing the figure")
+            result.figure_path = render_figure(result.clip, result.report, result.video_path.with_name("figure.png"))
+        finally:
+            self._release(result.video_path.parent)
         say(1.0, "done")
         return result
 
@@ -163,14 +177,22 @@ class Studio:
             self.pipe.to(target)
 
     def _result_dir(self) -> Path:
-        """A fresh folder for one result; the oldest beyond `keep_results` are deleted (the page has
-        already served them, and Gradio keeps its own copy in its cache)."""
-        out = self.workdir / "results" / f"{next(self._ids):06d}"
-        out.mkdir(parents=True)
-        old = sorted(out.parent.iterdir())[: -self.limits.keep_results]
-        for d in old:
-            shutil.rmtree(d, ignore_errors=True)
+        """A fresh folder for one result, live until it is inspected. The oldest folders beyond
+        `keep_results` are deleted (the page has already served them, and Gradio keeps its own copy in
+        its cache), except live ones: another request may still be writing or measuring its clip there."""
+        with self._folders:
+            out = self.workdir / "results" / f"{next(self._ids):06d}"
+            out.mkdir(parents=True)
+            self._live.add(out)
+            for d in sorted(out.parent.iterdir())[: -self.limits.keep_results]:
+                if d not in self._live:
+                    shutil.rmtree(d, ignore_errors=True)
         return out
+
+    def _release(self, folder: Path) -> None:
+        """The result in `folder` is complete: from now on it may be pruned (idempotent)."""
+        with self._folders:
+            self._live.discard(folder)
 
 
 # ----------------------------------------------------------------------------- analysis and figure
