@@ -311,3 +311,35 @@ def test_weights_made_before_the_count_input_load_without_it_and_can_grow_it(tmp
     with torch.no_grad():  # a zero count embedding: the grown model computes exactly what the old one did
         assert all(torch.equal(u, v) for u, v in zip(loaded(**inputs()).values(), grown(**inputs()).values()))
     assert grow(loaded, {"count_cond": False}, lambda msg: None) is loaded
+
+
+def test_the_ffn_activation_is_named_by_the_config_and_older_configs_keep_tanh(tmp_path):
+    """`mlp_activation`: the presets take the exact GELU; a config written before the key existed
+    means the tanh approximation it was trained with; the two are close but not the same function."""
+    import json
+
+    from avgen.model.config import ModelConfig
+    from avgen.train.config import TrainConfig
+
+    assert all(cfg.mlp_activation == "gelu" for cfg in MODEL_PRESETS.values())
+    with pytest.raises(ValueError, match="mlp_activation must be one of"):
+        model_config("AVDiT-T", mlp_activation="relu")
+    exact = randomised(tiny())
+    assert exact.config.mlp_activation == "gelu" and exact.blocks[0].ffn["audio"][1].approximate == "none"
+    exact.save_pretrained(tmp_path)
+    cfg = tmp_path / "config.json"
+    stored = json.loads(cfg.read_text())
+    assert stored["mlp_activation"] == "gelu"
+    del stored["mlp_activation"]  # as written by the versions before the key existed
+    cfg.write_text(json.dumps(stored))
+    old = AVDiT.from_pretrained(tmp_path, local_files_only=True).eval()
+    assert old.config.mlp_activation == "gelu_tanh" and old.blocks[0].ffn["video"][1].approximate == "tanh"
+    with torch.no_grad():
+        a, b = exact(**inputs()), old(**inputs())  # the same weights under the two activations
+    for m in a:
+        gap = float((a[m] - b[m]).abs().max() / a[m].abs().max())
+        assert 0 < gap < 1e-3, (m, gap)  # 3e-5 here
+    # a run's saved training config from before the key resumes with the activation it started with
+    saved = TrainConfig().to_dict()
+    del saved["model"]["mlp_activation"]
+    assert TrainConfig.from_dict(saved).model == ModelConfig(**{**saved["model"], "mlp_activation": "gelu_tanh"})

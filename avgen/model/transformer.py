@@ -42,7 +42,7 @@ from einops import rearrange
 from torch import nn
 
 from avgen.data.clip import ClipSpec
-from avgen.model.config import CodecConfig, ModelConfig, model_config
+from avgen.model.config import MLP_ACTIVATIONS, CodecConfig, ModelConfig, model_config
 
 STREAMS = ("prompt", "video", "audio")  # streams with their own embeddings, AdaLN and FFN
 MEDIA = ("video", "audio")
@@ -93,9 +93,10 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift in one pass
 
 
-def feed_forward(dim: int, mlp_ratio: float) -> nn.Sequential:
+def feed_forward(dim: int, mlp_ratio: float, activation: str = "gelu_tanh") -> nn.Sequential:
     hidden = int(dim * mlp_ratio)
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate=MLP_ACTIVATIONS[activation]),
+                         nn.Linear(hidden, dim))
 
 
 # ---------------------------------------------------------------------------- sequence layout
@@ -246,12 +247,12 @@ class Attention(nn.Module):
 class AVDiTBlock(nn.Module):
     """DiT block with AdaLN-Zero and FFNs per stream, attention shared across streams."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, activation: str = "gelu_tanh"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.ffn = nn.ModuleDict({s: feed_forward(dim, mlp_ratio) for s in STREAMS})
+        self.ffn = nn.ModuleDict({s: feed_forward(dim, mlp_ratio, activation) for s in STREAMS})
         self.ada = nn.ModuleDict({s: nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) for s in STREAMS})
 
     def forward(self, x: dict[str, torch.Tensor], modulation: dict[str, torch.Tensor], layout: Layout,
@@ -308,10 +309,11 @@ class AVDiT(ModelMixin, ConfigMixin):
                  max_events: int = 3, hidden_size: int = 256, depth: int = 6, num_heads: int = 4,
                  mlp_ratio: float = 4.0, rope_min_period_s: float = 0.125, rope_max_period_s: float = 32.0,
                  token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None,
-                 count_cond: bool = False, timeline_cond: bool = False, layout_prior: dict | None = None):
+                 count_cond: bool = False, timeline_cond: bool = False, layout_prior: dict | None = None,
+                 mlp_activation: str = "gelu_tanh"):
         super().__init__()
         ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s,
-                    count_cond, timeline_cond)  # validates
+                    count_cond, timeline_cond, mlp_activation)  # validates
         d = hidden_size
         self.head_dim = d // num_heads
         self.embed = nn.ModuleDict({"video": nn.Linear(video_dim, d), "audio": nn.Linear(audio_dim, d)})
@@ -327,7 +329,7 @@ class AVDiT(ModelMixin, ConfigMixin):
         # active there, both zero at init (see timeline.py)
         self.slot_embed = nn.Embedding(max_events + 2, d) if timeline_cond else None
         self.slot_label = nn.Linear(d, d) if timeline_cond else None
-        self.blocks = nn.ModuleList([AVDiTBlock(d, num_heads, mlp_ratio) for _ in range(depth)])
+        self.blocks = nn.ModuleList([AVDiTBlock(d, num_heads, mlp_ratio, mlp_activation) for _ in range(depth)])
         self.final = nn.ModuleDict({"video": FinalLayer(d, video_dim), "audio": FinalLayer(d, audio_dim)})
         self.initialize_weights()
 
