@@ -122,6 +122,33 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         load(other, path)
 
 
+def test_checkpoint_of_another_activation_is_refused_before_anything_is_loaded(tmp_path):
+    """The activation changes no tensor's shape, so the strict load cannot see it: a checkpoint trained
+    with the tanh GELU (written before the key existed, or named) does not resume under the exact one."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    trainer, ds = make_trainer()  # the tiny preset: the exact GELU
+    path = save(trainer, tmp_path, 2)
+    with safe_open(path, framework="pt") as f:
+        meta = json.loads(f.metadata()["avgen"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    del meta["model_config"]["mlp_activation"]  # as checkpoints were written before the key existed
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, old, metadata={"avgen": json.dumps(meta)})
+    fresh, _ = make_trainer(seed=1)
+    before = {k: v.clone() for k, v in fresh.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="trained with mlp_activation='gelu_tanh'.*model.mlp_activation=gelu_tanh"):
+        load(fresh, old)
+    assert all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in before.items())  # nothing half-loaded
+    tanh_cfg = preset("tiny", ["model.mlp_activation=gelu_tanh"])
+    tanh = Trainer.create(tanh_cfg, build_model(tanh_cfg, ds), CPU)
+    load(tanh, old)  # the activation it was trained with: resumes
+    assert_same_state(tanh, trainer)
+
+
 # ---------------------------------------------------------------------------- kill -9 and resume
 TRAIN = [sys.executable, "-c", "import sys; from avgen.cli import main; sys.exit(main())", "train", "--preset", "tiny",
          "--device", "cpu", "--no-progress", "--set", "steps=16", "--set", "ckpt_every=2", "--set", "keep_last=50"]

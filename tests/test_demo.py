@@ -428,6 +428,7 @@ def test_a_result_still_being_shown_is_not_pruned(studio):
     assert held.video_path.exists() and held.audio_path.exists()
     studio.inspect(held)
     assert held.figure_path.exists() and held.report["prompt"] == "3 1 4"
+    assert not held.release.alive  # released once, by inspect: garbage collection has nothing left to do
     studio.run(settings(seed=30))
     assert not held.video_path.parent.exists() and len(list(results.iterdir())) == 2
 
@@ -438,6 +439,19 @@ def test_a_result_still_being_shown_is_not_pruned(studio):
     for i in range(2):  # two newer results push it out of the 2 kept
         studio.run(settings(seed=31 + i))
     assert not folder.exists() and len(list(results.iterdir())) == 2
+
+    # a dropped result's finaliser can run (garbage collection) on a thread that is pruning: it must
+    # not wait for the lock that thread holds
+    done = threading.Event()
+
+    def release_while_pruning():
+        with studio._folders:
+            studio._release(folder)
+        done.set()
+    worker = threading.Thread(target=release_while_pruning, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert done.is_set()
 
 
 @pytest.mark.slow

@@ -42,6 +42,8 @@ class StudioResult:
     # filled in by Studio.inspect, after the clip is already on the page:
     report: dict | None = None  # the eval suite's per-clip record of the mp4 (offset, onsets, F1, digits)
     figure_path: Path | None = None  # PNG: frame strip over the spectrogram, detected events of both modalities
+    # lets the studio prune the result's folder; called once, by `inspect` or when the result is dropped
+    release: Callable[[], object] | None = field(default=None, repr=False, compare=False)
 
 
 class Studio:
@@ -61,7 +63,9 @@ class Studio:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._ids = itertools.count()
-        self._folders = threading.Lock()  # guards `_live` and the pruning
+        # guards `_live` and the pruning; re-entrant, because a dropped result's finaliser may run
+        # (garbage collection) on a thread that is pruning
+        self._folders = threading.RLock()
         self._live: set[Path] = set()  # result folders still being written or inspected: never pruned
 
     # ------------------------------------------------------------------ the model's facts
@@ -141,7 +145,7 @@ class Studio:
         result = StudioResult(clip, video_path, audio_path, settings, notes, seconds)
         # the folder stays live until `inspect` has written the figure, or until the caller drops the
         # result without inspecting it
-        weakref.finalize(result, self._release, out)
+        result.release = weakref.finalize(result, self._release, out)
         return result
 
     def inspect(self, result: StudioResult, progress: Progress | None = None) -> StudioResult:
@@ -155,7 +159,8 @@ class Studio:
             say(0.95, "drawing the figure")
             result.figure_path = render_figure(result.clip, result.report, result.video_path.with_name("figure.png"))
         finally:
-            self._release(result.video_path.parent)
+            if result.release is not None:
+                result.release()  # a finaliser runs once: nothing is left for garbage collection to do
         say(1.0, "done")
         return result
 

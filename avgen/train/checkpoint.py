@@ -262,6 +262,13 @@ def save_training_state(run_dir, *, model, ema, optimizer, scheduler, progress: 
 def load_training_state(path, *, model, ema, optimizer, scheduler) -> dict:
     """Restore every piece saved by `save_training_state` in place; returns the metadata."""
     tensors, meta = read_checkpoint(path)
+    # the activation changes the function without changing a tensor's shape, so the strict load below
+    # cannot catch a mismatch (a checkpoint written before the key existed was trained with the tanh GELU)
+    trained = meta.get("model_config", {}).get("mlp_activation", "gelu_tanh")
+    if trained != model.config.get("mlp_activation", "gelu_tanh"):
+        raise CheckpointError(f"checkpoint {path} was trained with mlp_activation={trained!r}, this config asks "
+                              f"for {model.config.get('mlp_activation')!r}: resume without --preset, or add "
+                              f"--set model.mlp_activation={trained}")
     try:
         model.load_state_dict(_unprefixed("model", tensors), strict=True)
         ema.load_state_dict(_unprefixed("ema", tensors))

@@ -782,7 +782,8 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
     if checkpoint is None:
         return cfg, ds, trainer, Progress()
     meta = trainer.load(checkpoint)
-    changed = _changed_keys(meta["train_config"], cfg.to_dict())
+    # through TrainConfig: a key the saved config lacks takes the default it was trained with
+    changed = _changed_keys(TrainConfig.from_dict(meta["train_config"]).to_dict(), cfg.to_dict())
     log(f"resumed from {checkpoint} at step {meta['progress']['step']}"
         + (f" (config changed: {', '.join(changed)})" if changed else ""))
     return cfg, ds, trainer, Progress(**meta["progress"])
