@@ -454,6 +454,19 @@ def test_a_result_still_being_shown_is_not_pruned(studio):
     assert done.is_set()
 
 
+def test_a_failed_write_releases_its_folder(studio, monkeypatch):
+    """A request whose mp4 cannot be written fails with the writer's error, and its folder is not
+    left live: pruning may take it like any finished one."""
+    import avgen.data.io as io
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(io, "write_mp4", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        studio.make(settings())
+    assert studio._live == set()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ["avgen demo", "demos/app.py"])
 def test_the_commands_serve_the_page_on_loopback(entry, tiny_weights, tmp_path):
