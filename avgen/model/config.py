@@ -70,6 +70,7 @@ class CodecConfig:
 # curve to within 5e-4 and 2.4-3x faster on this project's CPU, whose tanh kernel is slow: 193 / 80 us
 # at the demo's (2, 48, 1024), 3.0 / 1.0 ms at training's (32, 48, 1024).
 MLP_ACTIVATIONS = {"gelu_tanh": "tanh", "gelu": "none"}
+KEYLESS_MLP_ACTIVATION = "gelu_tanh"  # what a model or run config without `mlp_activation` means
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class ModelConfig:
     # The FFN's activation (`MLP_ACTIVATIONS`). The default is the tanh approximation every model
     # before this key was trained with, so a saved config without it means what it meant; the presets
     # below choose the exact "gelu".
-    mlp_activation: str = "gelu_tanh"
+    mlp_activation: str = KEYLESS_MLP_ACTIVATION
 
     def __post_init__(self):
         if self.mlp_activation not in MLP_ACTIVATIONS:

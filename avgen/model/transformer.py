@@ -42,7 +42,7 @@ from einops import rearrange
 from torch import nn
 
 from avgen.data.clip import ClipSpec
-from avgen.model.config import MLP_ACTIVATIONS, CodecConfig, ModelConfig, model_config
+from avgen.model.config import KEYLESS_MLP_ACTIVATION, MLP_ACTIVATIONS, CodecConfig, ModelConfig, model_config
 
 STREAMS = ("prompt", "video", "audio")  # streams with their own embeddings, AdaLN and FFN
 MEDIA = ("video", "audio")
@@ -93,7 +93,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift in one pass
 
 
-def feed_forward(dim: int, mlp_ratio: float, activation: str = "gelu_tanh") -> nn.Sequential:
+def feed_forward(dim: int, mlp_ratio: float, activation: str) -> nn.Sequential:
     hidden = int(dim * mlp_ratio)
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate=MLP_ACTIVATIONS[activation]),
                          nn.Linear(hidden, dim))
@@ -247,7 +247,7 @@ class Attention(nn.Module):
 class AVDiTBlock(nn.Module):
     """DiT block with AdaLN-Zero and FFNs per stream, attention shared across streams."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, activation: str = "gelu_tanh"):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, activation: str):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
@@ -310,7 +310,7 @@ class AVDiT(ModelMixin, ConfigMixin):
                  mlp_ratio: float = 4.0, rope_min_period_s: float = 0.125, rope_max_period_s: float = 32.0,
                  token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None,
                  count_cond: bool = False, timeline_cond: bool = False, layout_prior: dict | None = None,
-                 mlp_activation: str = "gelu_tanh"):
+                 mlp_activation: str = KEYLESS_MLP_ACTIVATION):
         super().__init__()
         ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s,
                     count_cond, timeline_cond, mlp_activation)  # validates

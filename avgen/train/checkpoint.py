@@ -27,6 +27,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from avgen.model.config import KEYLESS_MLP_ACTIVATION
+
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8,})\.safetensors$")
 _META_KEY = "avgen"
@@ -264,10 +266,10 @@ def load_training_state(path, *, model, ema, optimizer, scheduler) -> dict:
     tensors, meta = read_checkpoint(path)
     # the activation changes the function without changing a tensor's shape, so the strict load below
     # cannot catch a mismatch (a checkpoint written before the key existed was trained with the tanh GELU)
-    trained = meta.get("model_config", {}).get("mlp_activation", "gelu_tanh")
-    if trained != model.config.get("mlp_activation", "gelu_tanh"):
+    trained = meta.get("model_config", {}).get("mlp_activation", KEYLESS_MLP_ACTIVATION)
+    if trained != model.config.mlp_activation:
         raise CheckpointError(f"checkpoint {path} was trained with mlp_activation={trained!r}, this config asks "
-                              f"for {model.config.get('mlp_activation')!r}: resume without --preset, or add "
+                              f"for {model.config.mlp_activation!r}: resume without --preset, or add "
                               f"--set model.mlp_activation={trained}")
     try:
         model.load_state_dict(_unprefixed("model", tensors), strict=True)
