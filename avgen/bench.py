@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import threading
 import time
 from dataclasses import dataclass
@@ -252,28 +253,55 @@ def loop_figures(pipe, cfg: BenchConfig, batch: int, gemm: float, device) -> dic
                                                               for k, v in r.items()}}
 
 
-def captured_figures(pipe, cfg: BenchConfig, device) -> dict:
+def captured_figures(pipe, cfg: BenchConfig, device, flops_per_step: float | None = None,
+                     gemm: float | None = None) -> dict:
     """Batch-1 latency with the network compiled, beside the eager figures: on CUDA with graph capture
     (`torch.compile(mode="reduce-overhead")`: each step's few hundred kernel launches replayed as one
-    graph), on CPU with inductor. The first call, which compiles, is timed apart. A failure to
-    compile is reported, not raised: the eager figures stand either way."""
+    graph), on CPU with inductor (elementwise ops fused into a few C++ kernels). The first call, which
+    compiles, is timed apart. Then eager and compiled calls alternate for `cfg.repeats` rounds (the
+    order flips each round), each round timing both the same way (`time_generation`), so `speedup`
+    (the median over rounds of eager loop time / compiled loop time) compares the two under the same
+    machine noise. With `flops_per_step` (the eager batch-1 count: compiling changes no arithmetic)
+    and `gemm`, the compiled loop's GFLOP/s and its share of the gemm ceiling are reported too, and
+    eager's share in the same rounds.
+    A failure to compile is reported, not raised: the eager figures stand either way."""
     eager = pipe.transformer
     mode = "reduce-overhead" if device.type == "cuda" else None
     try:
-        pipe.transformer = torch.compile(eager, dynamic=False, mode=mode)
+        compiled = torch.compile(eager, dynamic=False, mode=mode)
+        pipe.transformer = compiled
         pipe.set_progress_bar_config(disable=True)
         sync(device)
         t0 = time.perf_counter()
         pipe(**call_kwargs(pipe, cfg, 1, None))  # compiles every shape the loop uses (guided and unguided)
         sync(device)
         first = time.perf_counter() - t0
-        r = time_generation(pipe, cfg, 1, None, device, cfg.repeats)
+        best: dict[str, dict] = {}
+        ratios = []
+        for i in range(max(1, cfg.repeats)):
+            loop = {}
+            for name, net in (("compiled", compiled), ("eager", eager))[::1 if i % 2 == 0 else -1]:
+                pipe.transformer = net
+                r = time_generation(pipe, cfg, 1, None, device, 1)
+                loop[name] = r["loop_seconds"]
+                if name not in best or r["loop_seconds"] < best[name]["loop_seconds"]:
+                    best[name] = r
+            ratios.append(loop["eager"] / loop["compiled"])
     except Exception as e:  # noqa: BLE001 (a compiler failure of any kind is a figure here)
         return {"mode": mode or "default", "error": " ".join(f"{type(e).__name__}: {e}".split())[:500]}
     finally:
         pipe.transformer = eager
-    return {"mode": mode or "default", "first_call_seconds": round(first, 2),
-            **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
+    r = best["compiled"]
+    out = {"mode": mode or "default", "first_call_seconds": round(first, 2),
+           **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()},
+           "eager_loop_seconds": round(best["eager"]["loop_seconds"], 4),
+           "speedup": round(statistics.median(ratios), 3), "speedup_by_round": [round(x, 3) for x in ratios]}
+    if flops_per_step:
+        out["loop_gflops"] = round(flops_per_step / r["step_seconds"] / 1e9, 2)
+        if gemm:
+            out["utilization"] = round(out["loop_gflops"] / gemm, 4)
+            out["eager_utilization"] = round(flops_per_step / best["eager"]["step_seconds"] / 1e9 / gemm, 4)
+    return out
 
 
 def fit_exponent(xs, ys) -> float:
@@ -398,7 +426,7 @@ def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print, c
     report["batches"] = {str(r["batch"]): r for r in batches}
     log("loop measured")
     if captured:
-        report["captured"] = captured_figures(pipe, cfg, dev)
+        report["captured"] = captured_figures(pipe, cfg, dev, batches[0]["flops_per_step"], report["gemm_gflops"])
         log("captured loop measured")
     report["scaling"] = scaling(pipe, cfg, dev)
     log("scaling measured")
@@ -424,8 +452,10 @@ def format_table(r: dict) -> str:
     if "captured" in r:
         c = r["captured"]
         rows.append(("batch 1: captured", f"compile failed ({c['error']})" if "error" in c else
-                     f"{c['generate_seconds']:.3f} s per clip, {1e3 * c['step_seconds']:.1f} ms per step "
-                     f"({c['mode']}; first call {c['first_call_seconds']:.1f} s)"))
+                     f"{c['generate_seconds']:.3f} s per clip, {1e3 * c['step_seconds']:.1f} ms per step, loop "
+                     f"{c['speedup']:.2f}x eager's (median of {len(c['speedup_by_round'])} alternating rounds)"
+                     + (f", {c['loop_gflops']:.1f} GFLOP/s = {100 * c['utilization']:.1f}% of gemm (eager in the "
+                        f"same rounds: {100 * c['eager_utilization']:.1f}%)" if "utilization" in c else "") + f" ({c['mode']}; first call {c['first_call_seconds']:.1f} s)"))
     s = r["scaling"]
     rows += [("s/clip by duration", f"{s['seconds_by_duration']} exponent {s['duration_exponent']}"),
              ("s/clip by batch", f"{s['seconds_per_clip_by_batch']} (batch cost exponent {s['batch_exponent']})"),

@@ -48,6 +48,13 @@ def test_bench_captured_reports_the_compiled_batch_1_beside_eager(tmp_path, caps
     c = report["captured"]
     assert c["mode"] == "default" and "error" not in c, c
     assert c["generate_seconds"] > 0 and c["first_call_seconds"] > 0 and c["step_seconds"] > 0
+    # eager and compiled alternate, one ratio per round, in the same run as the eager figures
+    assert len(c["speedup_by_round"]) == bench.BENCH_PRESETS["tiny"].repeats and c["eager_loop_seconds"] > 0
+    assert c["speedup"] == pytest.approx(sorted(c["speedup_by_round"])[len(c["speedup_by_round"]) // 2], abs=1e-3)
+    # the compiled loop's rate from the eager FLOP count and the same run's ceiling
+    assert c["loop_gflops"] == pytest.approx(report["flops_per_step"] / c["step_seconds"] / 1e9, rel=1e-2)
+    assert c["utilization"] == pytest.approx(c["loop_gflops"] / report["gemm_gflops"], rel=1e-2)
+    assert c["eager_utilization"] == pytest.approx(c["utilization"] * c["loop_seconds"] / c["eager_loop_seconds"], rel=2e-2)
     assert "batch 1: captured" in bench.format_table(report)
     monkeypatch.setattr(bench.torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no compiler")))
     pipe = bench.make_pipeline(bench.BENCH_PRESETS["tiny"], bench.torch.device("cpu"))
