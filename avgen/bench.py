@@ -451,11 +451,15 @@ def format_table(r: dict) -> str:
                                           f"(rtf {x['rtf']:.3f}), peak {x['peak_mem_mb']:.0f} MB")]
     if "captured" in r:
         c = r["captured"]
-        rows.append(("batch 1: captured", f"compile failed ({c['error']})" if "error" in c else
-                     f"{c['generate_seconds']:.3f} s per clip, {1e3 * c['step_seconds']:.1f} ms per step, loop "
-                     f"{c['speedup']:.2f}x eager's (median of {len(c['speedup_by_round'])} alternating rounds)"
-                     + (f", {c['loop_gflops']:.1f} GFLOP/s = {100 * c['utilization']:.1f}% of gemm (eager in the "
-                        f"same rounds: {100 * c['eager_utilization']:.1f}%)" if "utilization" in c else "") + f" ({c['mode']}; first call {c['first_call_seconds']:.1f} s)"))
+        if "error" in c:
+            rows.append(("batch 1: captured", f"compile failed ({c['error']})"))
+        else:
+            rate = (f", {c['loop_gflops']:.1f} GFLOP/s = {100 * c['utilization']:.1f}% of gemm (eager in the same "
+                    f"rounds: {100 * c['eager_utilization']:.1f}%)" if "utilization" in c else "")
+            rows.append(("batch 1: captured",
+                         f"{c['generate_seconds']:.3f} s per clip, {1e3 * c['step_seconds']:.1f} ms per step, loop "
+                         f"{c['speedup']:.2f}x eager's (median of {len(c['speedup_by_round'])} alternating rounds)"
+                         f"{rate} ({c['mode']}; first call {c['first_call_seconds']:.1f} s)"))
     s = r["scaling"]
     rows += [("s/clip by duration", f"{s['seconds_by_duration']} exponent {s['duration_exponent']}"),
              ("s/clip by batch", f"{s['seconds_per_clip_by_batch']} (batch cost exponent {s['batch_exponent']})"),
