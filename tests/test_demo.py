@@ -471,6 +471,7 @@ def test_a_failed_write_releases_its_folder(studio, monkeypatch):
 @pytest.mark.parametrize("entry", ["avgen demo", "demos/app.py"])
 def test_the_commands_serve_the_page_on_loopback(entry, tiny_weights, tmp_path):
     """`avgen demo` and `python demos/app.py` as a person starts them (a subprocess), until the page answers."""
+    import os
     import subprocess
     import sys
     import time
@@ -483,8 +484,11 @@ def test_the_commands_serve_the_page_on_loopback(entry, tiny_weights, tmp_path):
     root = Path(__file__).resolve().parents[1]
     start = ([sys.executable, "-c", "import sys; from avgen.cli import main; sys.exit(main())", "demo"]
              if entry == "avgen demo" else [sys.executable, str(root / "demos" / "app.py")])
+    temp = tmp_path / "tmp"  # the process's temp folder, where its studio keeps every clip it makes
+    temp.mkdir()
     proc = subprocess.Popen(start + ["--weights", str(tiny_weights), "--port", str(port), "--seeds", str(tmp_path)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TMPDIR": str(temp)})
     try:
         deadline, html = time.time() + 120, ""
         while time.time() < deadline and proc.poll() is None and not html:
@@ -493,6 +497,9 @@ def test_the_commands_serve_the_page_on_loopback(entry, tiny_weights, tmp_path):
             except OSError:
                 time.sleep(0.5)
         assert "avgen studio" in html, proc.stdout.read() if proc.poll() is not None else "no answer in 120 s"
+        assert [p.name for p in temp.glob("avgen-demo-*")], "the studio made no temp folder where TMPDIR says"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # stopped as a service manager stops it (SIGTERM), it leaves no temp folder behind
+    assert proc.returncode == 143 and not list(temp.glob("avgen-demo-*")), (proc.returncode, list(temp.iterdir()))

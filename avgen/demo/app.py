@@ -14,7 +14,9 @@ import atexit
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -62,11 +64,34 @@ def build_app(weights=None, device: str = "auto", limits: DemoLimits = DemoLimit
 
 def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, share: bool = False, **kwargs):
     """Serve a `build_app` page: files confined to its temp folder, uploads capped in size, no run
-    history (its page offers to sync runs to a Hugging Face bucket) and no monitoring dashboard."""
+    history (its page offers to sync runs to a Hugging Face bucket) and no monitoring dashboard.
+    While it serves, SIGTERM (`kill`, a service manager's stop) ends the process as Ctrl+C does, through
+    the exit handlers, so the temp folder with every clip made goes too (by default SIGTERM skips them)."""
     limits = app.avgen_studio.limits
-    return app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.avgen_workdir)],
-                      max_file_size=f"{limits.max_upload_mb}mb", show_error=True, ssr_mode=False,
-                      run_history=False, enable_monitoring=False, **kwargs)
+    previous = _exit_on_sigterm()
+    try:
+        return app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.avgen_workdir)],
+                          max_file_size=f"{limits.max_upload_mb}mb", show_error=True, ssr_mode=False,
+                          run_history=False, enable_monitoring=False, **kwargs)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm():
+    """SIGTERM -> SystemExit(143) in the main thread; returns the handler it replaced (None when it
+    cannot install one: not the main thread, or someone else's handler is already there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    return previous
 
 
 def confine_gradio_files(workdir: Path) -> None:
