@@ -21,8 +21,11 @@ TRAIN = ["train", "--preset", "tiny", "--device", "cpu", "--no-progress", "--set
          "--set", "lr=3e-4"]
 
 
-def _run(argv: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _run(argv: list[str], temp: Path) -> None:
+    """`argv` as a subprocess, with its temp folder in `temp` (torchrun's agent leaves its log folder
+    `torchelastic_*` there)."""
+    temp.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -32,9 +35,9 @@ def _run(argv: list[str]) -> None:
 @pytest.mark.parametrize("noise", ["per_sample", "on_device"])
 def test_two_gloo_processes_match_one_process(tmp_path, noise):
     train = TRAIN + ["--set", f"noise_on_device={noise == 'on_device'}"]  # on_device: each rank slices one draw
-    _run([str(AVGEN), *train, "--out", str(tmp_path / "one")])
+    _run([str(AVGEN), *train, "--out", str(tmp_path / "one")], tmp_path / "tmp")
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(AVGEN), *train,
-          "--workers", "1", "--out", str(tmp_path / "two")])  # each rank's slices built by a data worker
+          "--workers", "1", "--out", str(tmp_path / "two")], tmp_path / "tmp")  # each rank's slices built by a data worker
     one, meta_one = read_checkpoint(checkpoint_path(tmp_path / "one", 3))
     two, meta_two = read_checkpoint(checkpoint_path(tmp_path / "two", 3))
     assert meta_one["progress"] == meta_two["progress"] == {"step": 3, "data_position": 12, "skipped_steps": 0}
