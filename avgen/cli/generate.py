@@ -26,7 +26,9 @@ def register(subparsers) -> None:
     scale = number(0.0, MAX_GUIDANCE)
     p.add_argument("--seed", type=SEED, default=d.seed, help="clip i uses seed + i")
     p.add_argument("--steps", type=whole(1, MAX_STEPS), default=d.steps, help="denoising steps")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=d.sampler)
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=d.sampler,
+                   help="euler (N network passes for N steps), heun (second order, 2N - 2 passes) or dpm++ "
+                        "(second-order multistep, N passes); default %(default)s")
     p.add_argument("--guidance-scale", type=scale, default=d.guidance_scale, help="video prompt guidance")
     p.add_argument("--audio-guidance-scale", type=scale, default=None,
                    help="audio prompt guidance (default: --guidance-scale)")

@@ -43,8 +43,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import (DiffusionPipeline, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
-                       FlowMatchHeunDiscreteScheduler)
+from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -53,6 +52,7 @@ from avgen.model.codec import AVCodec
 from avgen.model.device import autocast, maybe_compile, resolve_device
 from avgen.model.objective import encode_prompts, x0_to_velocity
 from avgen.model.postfilter import FOLDER as POSTFILTER_FOLDER, SpectralPostfilter
+from avgen.model.samplers import FlowMatchHeunScheduler
 from avgen.model.timeline import LayoutPrior, events_from_slots, slots_from_events, unknown_slot
 from avgen.model.transformer import AVDiT, MEDIA, Modulation
 
@@ -60,7 +60,7 @@ from avgen.model.transformer import AVDiT, MEDIA, Modulation
 # flow-matching schedulers keep a step counter (and multistep ones a history).
 SAMPLERS: dict[str, Callable[[], object]] = {
     "euler": lambda: FlowMatchEulerDiscreteScheduler(),
-    "heun": lambda: FlowMatchHeunDiscreteScheduler(),  # 2nd order: 2 passes per step but the last
+    "heun": lambda: FlowMatchHeunScheduler(),  # 2nd order: 2N - 2 passes for N steps (see samplers.py)
     "dpm++": lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
                                                  algorithm_type="dpmsolver++", solver_order=2),
 }
