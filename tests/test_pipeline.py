@@ -301,7 +301,7 @@ def flow_end(sampler: str, steps: int, sd: float = 0.5, shrink_below: float = 0.
 
 def test_heun_is_second_order_on_an_exact_flow():
     errors = {(s, n): float((flow_end(s, n) - 1).abs().max()) for s in ("euler", "heun") for n in (20, 40)}
-    assert errors["heun", 20] < errors["euler", 20] / 5  # measured: 0.021 against 0.33
+    assert errors["heun", 20] < errors["euler", 20] / 5  # measured: 0.0047 against 0.075
     assert errors["heun", 40] < errors["heun", 20] / 3  # error ~ 1 / steps^2 (measured 4.4x), Euler's ~ 1 / steps
     assert errors["euler", 40] > errors["euler", 20] / 2.5
 
@@ -311,7 +311,7 @@ def test_heun_does_not_amplify_what_the_network_does_near_clean():
     Heun corrected the interval ending there with the velocity (x - x0) / 0.001, and ended at -0.98x the
     solution at 25 steps, -8.9x at 5 (the shipped weights' clips lost their digits that way)."""
     ratio = flow_end("heun", 25, shrink_below=1.1e-3)
-    assert abs(float(ratio.median()) - 0.9) < 0.01 and float((ratio - 0.9).abs().max()) < 0.1  # measured 0.8965, 0.03
+    assert abs(float(ratio.median()) - 0.9) < 0.01 and float((ratio - 0.9).abs().max()) < 0.02  # measured 0.8965, 0.0035
 
 
 def test_heun_plan_evaluates_2n_minus_2_times():
