@@ -503,3 +503,93 @@ def test_the_commands_serve_the_page_on_loopback(entry, tiny_weights, tmp_path):
         proc.wait(timeout=30)
     # stopped as a service manager stops it (SIGTERM), it leaves no temp folder behind
     assert proc.returncode == 143 and not list(temp.glob("avgen-demo-*")), (proc.returncode, list(temp.iterdir()))
+
+
+def test_stop_ends_the_sampling_in_flight_and_refuses_new_requests(tiny_weights, tiny_judges, tmp_path):
+    """`Studio.stop` (process shutdown): the request being sampled ends at its next step with
+    StudioStopped, `stop` returns once no request is inside the studio, and later requests are refused."""
+    import threading
+
+    from avgen.demo.studio import Studio, StudioStopped
+
+    s = Studio(tiny_weights, "cpu", tmp_path / "studio", DemoLimits(), tiny_judges)
+    s.pipe.set_progress_bar_config(disable=True)
+    sampling, go, outcome, stopped = threading.Event(), threading.Event(), [], []
+
+    def progress(fraction, desc):
+        if desc.startswith("sampling: 1/"):  # hold the request inside its first step until told
+            sampling.set()
+            go.wait(30)
+
+    def request():
+        try:
+            s.make(settings(steps=50), progress=progress)
+            outcome.append("finished")
+        except StudioStopped as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    assert sampling.wait(60)
+    stopper = threading.Thread(target=lambda: stopped.append(s.stop(timeout=30)))
+    stopper.start()
+    stopper.join(0.5)
+    assert stopper.is_alive()  # it waits for the request in flight
+    go.set()
+    worker.join(30)
+    stopper.join(30)
+    assert stopped == [True] and len(outcome) == 1 and isinstance(outcome[0], StudioStopped)
+    assert s._busy == 0 and s._live == set()
+    with pytest.raises(StudioStopped, match="shutting down"):
+        s.make(settings())
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_clip_is_sampled_exits_cleanly(tmp_path):
+    """`kill` (SIGTERM) while the studio samples a clip (the shipped weights, 100 steps: seconds here):
+    the process ends with 143 through its exit handlers and leaves no temp folder. Before `Studio.stop`
+    it aborted (SIGABRT, "terminate called without an active exception") from the request's thread."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from gradio_client import Client
+
+    from tests.demo_helpers import free_port
+
+    port = free_port()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    log = tmp_path / "demo.log"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from avgen.cli import main; sys.exit(main())", "demo",
+                             "--port", str(port), "--seeds", str(tmp_path)], cwd=tmp_path, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
+        kw = {p["parameter_name"]: p.get("parameter_default") for p in params}
+        job = client.submit(api_name="/generate", **{**kw, "mode": "t2av", "prompt": "3 1 4", "steps": 100})
+        deadline = time.time() + 60
+        while time.time() < deadline and "/100 [" not in log.read_text():  # the sampler's progress bar has started
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert not job.done(), "the clip finished before it could be interrupted"
+        proc.terminate()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = log.read_text()
+    assert proc.returncode == 143 and "terminate called" not in out, (proc.returncode, out[-2000:])
+    assert not list(temp.glob("avgen-demo-*")), list(temp.iterdir())

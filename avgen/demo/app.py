@@ -22,7 +22,7 @@ from pathlib import Path
 import gradio as gr
 
 from avgen.demo.inputs import DemoLimits, describe_vocab
-from avgen.demo.studio import DEVICE_CHOICES, Studio, json_safe, report_markdown
+from avgen.demo.studio import DEVICE_CHOICES, Studio, StudioStopped, json_safe, report_markdown
 from avgen.model.pipeline import default_interval
 from avgen.seeds import DEFAULT_SEEDS_DIR, SeedPreset, load_presets
 
@@ -66,7 +66,9 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, sha
     """Serve a `build_app` page: files confined to its temp folder, uploads capped in size, no run
     history (its page offers to sync runs to a Hugging Face bucket) and no monitoring dashboard.
     While it serves, SIGTERM (`kill`, a service manager's stop) ends the process as Ctrl+C does, through
-    the exit handlers, so the temp folder with every clip made goes too (by default SIGTERM skips them)."""
+    the exit handlers, so the temp folder with every clip made goes too (by default SIGTERM skips them).
+    Either way a clip being sampled is dropped at its next step, and the process waits for the request
+    threads to leave the studio before it exits (`Studio.stop`)."""
     limits = app.avgen_studio.limits
     previous = _exit_on_sigterm()
     try:
@@ -74,6 +76,8 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, sha
                           max_file_size=f"{limits.max_upload_mb}mb", show_error=True, ssr_mode=False,
                           run_history=False, enable_monitoring=False, **kwargs)
     finally:
+        if not kwargs.get("prevent_thread_lock"):  # the call served until it was stopped: this is shutdown
+            app.avgen_studio.stop()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -88,6 +92,9 @@ def _exit_on_sigterm():
         return None
 
     def stop(signum, frame):
+        # once: a second SIGTERM (`make demo` passes its own on to the studio) must not cut short the
+        # shutdown it started (`launch` restores the old handler when the studio is idle)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
@@ -229,12 +236,15 @@ def make_handler(studio: Studio):
         say = lambda fraction, desc: progress(fraction, desc=desc)  # noqa: E731
         try:
             r = studio.make(settings, upload, progress=say)
-        except ValueError as e:  # DemoInputError and the library's own checks: the person can fix these
-            raise gr.Error(str(e), print_exception=False) from None
+        except (ValueError, StudioStopped) as e:  # DemoInputError and the library's checks (the person can
+            raise gr.Error(str(e), print_exception=False) from None  # fix these), or the studio going down
         for note in r.notes:
             gr.Info(note)
         yield str(r.video_path), str(r.audio_path), None, "*measuring sync...*", None
-        r = studio.inspect(r, progress=say)
+        try:
+            r = studio.inspect(r, progress=say)
+        except StudioStopped as e:  # the clip is on the page; the report will not come
+            raise gr.Error(str(e), print_exception=False) from None
         yield (str(r.video_path), str(r.audio_path), str(r.figure_path),
                report_markdown(r.report, r.seconds, r.notes), json_safe(r.report))
 

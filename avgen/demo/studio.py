@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,10 @@ Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
 def _silent(fraction: float, desc: str) -> None:
     pass
+
+
+class StudioStopped(RuntimeError):
+    """The studio is shutting down: the request was dropped (a sampling in flight ends at its next step)."""
 
 
 @dataclass
@@ -67,6 +72,10 @@ class Studio:
         # (garbage collection) on a thread that is pruning
         self._folders = threading.RLock()
         self._live: set[Path] = set()  # result folders still being written or inspected: never pruned
+        # shutdown (`stop`): requests refused from then on, the sampling in flight ended at its next step
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()  # guards `_busy`: requests inside `make` or `inspect`
+        self._busy = 0
 
     # ------------------------------------------------------------------ the model's facts
     @property
@@ -125,23 +134,29 @@ class Studio:
         from avgen.model.pipeline import generate
 
         say = progress or _silent
-        say(0.0, "checking the request")
-        settings, given, notes = self.check(settings, upload)
-        with self._lock:
-            self._move_to(settings.device)
-            say(0.05, "sampling")
-            t0 = time.perf_counter()
-            clip = generate(self.pipe, settings, **given,
-                            on_step=lambda i, n: say(0.05 + 0.75 * i / n, f"sampling: {i}/{n} steps"))[0]
-            seconds = time.perf_counter() - t0
-        out = self._result_dir()
-        try:
-            say(0.8, "writing the mp4")
-            video_path = write_mp4(clip, out / "clip.mp4")
-            audio_path = write_wav(clip.audio, clip.sample_rate, out / "audio.wav")
-        except BaseException:
-            self._release(out)
-            raise
+
+        def on_step(i: int, n: int) -> None:
+            if self._stopping.is_set():
+                raise StudioStopped("the studio is shutting down: this clip was not finished")
+            say(0.05 + 0.75 * i / n, f"sampling: {i}/{n} steps")
+
+        with self._working():
+            say(0.0, "checking the request")
+            settings, given, notes = self.check(settings, upload)
+            with self._lock:
+                self._move_to(settings.device)
+                say(0.05, "sampling")
+                t0 = time.perf_counter()
+                clip = generate(self.pipe, settings, **given, on_step=on_step)[0]
+                seconds = time.perf_counter() - t0
+            out = self._result_dir()
+            try:
+                say(0.8, "writing the mp4")
+                video_path = write_mp4(clip, out / "clip.mp4")
+                audio_path = write_wav(clip.audio, clip.sample_rate, out / "audio.wav")
+            except BaseException:
+                self._release(out)
+                raise
         result = StudioResult(clip, video_path, audio_path, settings, notes, seconds)
         # the folder stays live until `inspect` has written the figure, or until the caller drops the
         # result without inspecting it
@@ -152,12 +167,15 @@ class Studio:
         """The sync report of the written mp4 and the figure (a second or so, after the clip is shown)."""
         say = progress or _silent
         try:
-            say(0.85, "measuring sync")
-            result.report = analyse_file(result.video_path, result.settings.prompt, self.judges)
-            if result.clip.meta.get("timeline"):  # what a timeline model was asked to place, next to what it placed
-                result.report["timeline_s"] = [[lab, round(a, 4), round(b, 4)] for lab, a, b in result.clip.meta["timeline"]]
-            say(0.95, "drawing the figure")
-            result.figure_path = render_figure(result.clip, result.report, result.video_path.with_name("figure.png"))
+            with self._working():
+                say(0.85, "measuring sync")
+                result.report = analyse_file(result.video_path, result.settings.prompt, self.judges)
+                if result.clip.meta.get("timeline"):  # what a timeline model was asked to place, next to what it placed
+                    result.report["timeline_s"] = [[lab, round(a, 4), round(b, 4)]
+                                                   for lab, a, b in result.clip.meta["timeline"]]
+                say(0.95, "drawing the figure")
+                result.figure_path = render_figure(result.clip, result.report,
+                                                   result.video_path.with_name("figure.png"))
         finally:
             if result.release is not None:
                 result.release()  # a finaliser runs once: nothing is left for garbage collection to do
@@ -172,6 +190,32 @@ class Studio:
         with self._lock:
             generate(self.pipe, GenerateSettings(steps=1, device=self.default_device))
         return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ shutdown
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Shut down for process exit: refuse new requests, end a sampling in flight at its next step
+        (StudioStopped in its thread), and wait until no request is inside `make` or `inspect`, up to
+        `timeout` seconds. True when none is. Why wait: Gradio runs requests in daemon threads, and an
+        interpreter that exits while one of them is inside torch or PyAV aborts ("terminate called
+        without an active exception", SIGABRT), at times before its exit handlers have removed the
+        temp folder."""
+        self._stopping.set()
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    @contextmanager
+    def _working(self):
+        """Counts the request as inside the studio (see `stop`); StudioStopped once it is stopping."""
+        with self._idle:
+            if self._stopping.is_set():
+                raise StudioStopped("the studio is shutting down: try again when it is back")
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
 
     # ------------------------------------------------------------------ housekeeping
     def _move_to(self, device: str) -> None:
