@@ -291,7 +291,7 @@ def gaussian_flow(pipe, sd: float, shrink_below: float = 0.0):
 
 
 def flow_end(sampler: str, steps: int, sd: float = 0.5, shrink_below: float = 0.0):
-    """(the sampled video tokens / (sd * start noise)): 1 everywhere for an exact solver."""
+    """Both modalities' sampled tokens / (sd * their start noise), flattened: 1 everywhere for an exact solver."""
     pipe = gaussian_flow(tiny_pipeline(sampler), sd, shrink_below)
     noise = torch.randn(1, 16, 1024, generator=seeded(0))
     audio = torch.randn(1, 16, pipe.transformer.config.audio_dim, generator=seeded(1))

@@ -47,7 +47,7 @@ class FlowMatchHeunScheduler(FlowMatchHeunDiscreteScheduler):
                 plan.append(("euler", start, end))
         self._plan = plan
         at = [start if kind != "correct" else end for kind, start, end in plan]  # where each evaluation is
-        self.sigmas = torch.tensor(at + [0.0], dtype=torch.float32)  # on the CPU, as diffusers keeps them
+        self.sigmas = torch.tensor(at + [0.0], dtype=torch.float32)  # the pipeline reads them as floats
         self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).to(device)
         self.num_inference_steps = num_inference_steps
         self._step_index = None
