@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -70,3 +75,32 @@ def serving(app):
         yield f"http://127.0.0.1:{port}/"
     finally:
         app.close()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIO_COMMANDS = {  # the two ways a person starts the studio, as argv
+    "avgen demo": [sys.executable, "-c", "import sys; from avgen.cli import main; sys.exit(main())", "demo"],
+    "demos/app.py": [sys.executable, str(ROOT / "demos" / "app.py")],
+}
+
+
+def start_studio(entry: str, args: list[str], folder: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """`entry` (a STUDIO_COMMANDS key) + `args` as a subprocess in `folder`, with its own temp folder
+    (TMPDIR: where its studio keeps every clip it makes) and its output in a log -> (process, temp, log)."""
+    temp, log = folder / "tmp", folder / "studio.log"
+    temp.mkdir()
+    with log.open("w") as out:
+        proc = subprocess.Popen(STUDIO_COMMANDS[entry] + args, cwd=folder, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TMPDIR": str(temp)})
+    return proc, temp, log
+
+
+def wait_for_page(proc: subprocess.Popen, port: int, timeout: float) -> str:
+    """The page's HTML once the process answers on `port`; "" if it exits or stays silent for `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+        except OSError:
+            time.sleep(0.5)
+    return ""

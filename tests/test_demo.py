@@ -471,32 +471,14 @@ def test_a_failed_write_releases_its_folder(studio, monkeypatch):
 @pytest.mark.parametrize("entry", ["avgen demo", "demos/app.py"])
 def test_the_commands_serve_the_page_on_loopback(entry, tiny_weights, tmp_path):
     """`avgen demo` and `python demos/app.py` as a person starts them (a subprocess), until the page answers."""
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    from pathlib import Path
-
-    from tests.demo_helpers import free_port
+    from tests.demo_helpers import free_port, start_studio, wait_for_page
 
     port = free_port()
-    root = Path(__file__).resolve().parents[1]
-    start = ([sys.executable, "-c", "import sys; from avgen.cli import main; sys.exit(main())", "demo"]
-             if entry == "avgen demo" else [sys.executable, str(root / "demos" / "app.py")])
-    temp = tmp_path / "tmp"  # the process's temp folder, where its studio keeps every clip it makes
-    temp.mkdir()
-    proc = subprocess.Popen(start + ["--weights", str(tiny_weights), "--port", str(port), "--seeds", str(tmp_path)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TMPDIR": str(temp)})
+    proc, temp, log = start_studio(entry, ["--weights", str(tiny_weights), "--port", str(port), "--seeds",
+                                           str(tmp_path)], tmp_path)
     try:
-        deadline, html = time.time() + 120, ""
-        while time.time() < deadline and proc.poll() is None and not html:
-            try:
-                html = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-            except OSError:
-                time.sleep(0.5)
-        assert "avgen studio" in html, proc.stdout.read() if proc.poll() is not None else "no answer in 120 s"
+        html = wait_for_page(proc, port, 120)
+        assert "avgen studio" in html, log.read_text() if proc.poll() is not None else "no answer in 120 s"
         assert [p.name for p in temp.glob("avgen-demo-*")], "the studio made no temp folder where TMPDIR says"
     finally:
         proc.terminate()
@@ -549,32 +531,16 @@ def test_sigterm_while_a_clip_is_sampled_exits_cleanly(tmp_path):
     """`kill` (SIGTERM) while the studio samples a clip (the shipped weights, 100 steps: seconds here):
     the process ends with 143 through its exit handlers and leaves no temp folder. Before `Studio.stop`
     it aborted (SIGABRT, "terminate called without an active exception") from the request's thread."""
-    import os
-    import subprocess
-    import sys
     import time
-    import urllib.request
 
     from gradio_client import Client
 
-    from tests.demo_helpers import free_port
+    from tests.demo_helpers import free_port, start_studio, wait_for_page
 
     port = free_port()
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    log = tmp_path / "demo.log"
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from avgen.cli import main; sys.exit(main())", "demo",
-                             "--port", str(port), "--seeds", str(tmp_path)], cwd=tmp_path, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(temp)})
+    proc, temp, log = start_studio("avgen demo", ["--port", str(port), "--seeds", str(tmp_path)], tmp_path)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert proc.poll() is None, log.read_text()[-2000:]
+        assert wait_for_page(proc, port, 180), log.read_text()[-2000:]
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
         kw = {p["parameter_name"]: p.get("parameter_default") for p in params}
