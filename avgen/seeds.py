@@ -26,9 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from avgen.api.generate import generate
+from avgen.api.settings import GenerateSettings, SettingError, is_number
+from avgen.data.io import write_mp4
+from avgen.eval.judges import Judges
+from avgen.eval.suite import EvalConfig, analyse, load_signal
+from avgen.util import write_json
+
 DEFAULT_SEEDS_DIR = Path(__file__).resolve().parents[1] / "seeds"
 
-# The sampler settings a preset pins (names = `avgen.model.pipeline.GenerateSettings` fields).
+# The sampler settings a preset pins (names = `avgen.api.settings.GenerateSettings` fields).
 SETTING_KEYS = ("steps", "sampler", "guidance_scale", "audio_guidance_scale", "modality_scale", "guidance_interval",
                 "postfilter")
 PRESET_KEYS = ("name", "prompt", "seed", "settings", "metrics")
@@ -41,7 +48,7 @@ DEFAULT_PROMPTS = ("3 1 4", "7", "2 5", "9 0 6", "8 3")
 
 @dataclass(frozen=True)
 class Threshold:
-    """One line of the quality bar (issue 5, section 1), applied to a single clip."""
+    """One line of the quality bar (weights/README.md), applied to a single clip."""
 
     higher_is_better: bool
     bar: float
@@ -107,7 +114,7 @@ class SeedPreset:
         if not isinstance(metrics, dict) or set(metrics) != set(METRICS) | set(INFO_METRICS):
             fail(f"metrics must hold exactly {sorted(set(METRICS) | set(INFO_METRICS))} "
                  "(written by `avgen seeds measure`)")
-        bad = [k for k, v in metrics.items() if not (v is None or _is_number(v))]
+        bad = [k for k, v in metrics.items() if not (v is None or (is_number(v) and isinstance(v, (int, float))))]
         if bad:
             fail(f"metrics {bad} must be numbers (or null: not measurable)")
         problem = settings_problem(settings)
@@ -131,38 +138,19 @@ class SeedPreset:
         return below_bar(self.metrics)
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def settings_problem(settings: dict) -> str:
-    """What is wrong with a preset's settings ('' if nothing); the sampler name is checked by the
-    pipeline, which knows its samplers."""
-    if not isinstance(settings["steps"], int) or isinstance(settings["steps"], bool) or settings["steps"] < 1:
-        return f"settings.steps must be a positive integer, got {settings['steps']!r}"
-    if not isinstance(settings["sampler"], str):
-        return f"settings.sampler must be a name, got {settings['sampler']!r}"
-    for k in ("guidance_scale", "modality_scale", "audio_guidance_scale"):
-        if not (_is_number(settings[k]) or (k == "audio_guidance_scale" and settings[k] is None)):
-            return f"settings.{k} must be a number{' or null' if k.startswith('audio') else ''}, got {settings[k]!r}"
-    if not isinstance(settings["postfilter"], bool):
-        return f"settings.postfilter must be true or false, got {settings['postfilter']!r}"
-    from avgen.model.pipeline import check_interval  # the library's own rule
-
-    interval = settings["guidance_interval"]
+    """What is wrong with a preset's settings ('' if nothing), by the settings table's own rules."""
     try:
-        if not (isinstance(interval, (list, tuple)) and all(map(_is_number, interval))):
-            raise ValueError
-        check_interval(interval)
-    except ValueError:
-        return f"settings.guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1, got {interval!r}"
+        GenerateSettings(**settings).check()
+    except SettingError as e:
+        return f"settings: {e}"
+    except TypeError as e:  # a key GenerateSettings does not have
+        return f"settings: {e}"
     return ""
 
 
-def generate_settings(prompt: str, seed: int, settings: dict, device: str = "cpu"):
+def generate_settings(prompt: str, seed: int, settings: dict, device: str = "cpu") -> GenerateSettings:
     """(prompt, seed, pinned settings) -> the library's `GenerateSettings`."""
-    from avgen.model.pipeline import GenerateSettings
-
     return GenerateSettings(prompt=prompt, seed=seed, device=device, **settings)
 
 
@@ -209,7 +197,7 @@ def save_preset(preset: SeedPreset, folder) -> Path:
     SeedPreset.from_dict(preset.to_dict(), preset.name)  # never write what load_presets would refuse
     path = Path(folder) / f"{preset.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
+    write_json(path, preset.to_dict())
     return path
 
 
@@ -230,17 +218,12 @@ def metrics_from_record(rec: dict) -> dict[str, float]:
 @functools.lru_cache(maxsize=1)
 def shipped_judges():
     """The judges in weights/judges, loaded once (FileNotFoundError says how to train them)."""
-    from avgen.eval.judges import Judges
-
     return Judges.load()
 
 
 def clip_metrics(clip, prompt: str, judges=None) -> dict[str, float]:
     """One generated clip -> the preset metrics, measured the way `avgen eval --generate` measures:
     written to mp4, decoded with the container's timing, analysed with the judges against the prompt."""
-    from avgen.data.io import write_mp4
-    from avgen.eval.suite import EvalConfig, analyse, load_signal
-
     cfg = EvalConfig()
     with tempfile.TemporaryDirectory(prefix="avgen-seed-") as tmp:
         path = write_mp4(clip, Path(tmp) / "clip.mp4")
@@ -254,8 +237,6 @@ MetricsFn = Callable[..., dict]  # (clip, prompt) -> metrics; clip_metrics unles
 def measure(pipe, prompt: str, seed: int, settings: dict, device: str = "cpu",
             metrics_fn: MetricsFn | None = None) -> dict[str, float]:
     """Generate the clip of (prompt, seed, settings) with the library generator and evaluate it."""
-    from avgen.model.pipeline import generate
-
     clip = generate(pipe, generate_settings(prompt, seed, settings, device))[0]
     return (metrics_fn or clip_metrics)(clip, prompt)
 
@@ -288,8 +269,6 @@ def curate(pipe, prompt: str, settings: dict, first_seed: int = 0, tries: int = 
 
 def default_settings() -> dict:
     """The pinned settings of a new preset: the generator's current defaults."""
-    from avgen.model.pipeline import GenerateSettings
-
     d = GenerateSettings(mode="t2av").check()  # presets are text-to-AV; check() resolves mode defaults
     return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(d, k)) for k in SETTING_KEYS)}
 

@@ -29,7 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from avgen.data import make_dataset  # noqa: E402
 from avgen.data.clip import ClipSpec  # noqa: E402
 from avgen.model.objective import add_noise, encode_prompts, x0_to_velocity  # noqa: E402
-from avgen.model.pipeline import AVGenPipeline, GenerateSettings, Guidance, generate, load_pipeline  # noqa: E402
+from avgen.api.generate import GenerateSettings, generate  # noqa: E402
+from avgen.model.pipeline import AVGenPipeline, load_pipeline  # noqa: E402
+from avgen.model.conditioning import Conditioning  # noqa: E402
+from avgen.model.sampler import Guidance  # noqa: E402
 from avgen.model.timeline import slots_from_events  # noqa: E402
 from avgen.model.transformer import AVDiT  # noqa: E402
 
@@ -76,11 +79,12 @@ def velocity_on(pipe: AVGenPipeline, device: str, x: dict, t: dict, prompts: dic
     move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
     guidance = Guidance(video=4.0, audio=4.0, modality_video=2.0, modality_audio=2.0)
     with torch.no_grad():
-        prompts = pipe.with_prompt_states({k: p.to(device) if isinstance(p, torch.Tensor) else
-                                           tuple(v.to(device) for v in p) for k, p in prompts.items()})
+        on = {k: p.to(device) if isinstance(p, torch.Tensor) else tuple(v.to(device) for v in p)
+              for k, p in prompts.items()}
+        cond = Conditioning(on["cond"], on["uncond"], on.get("slots")).encode_states(pipe.transformer)
         # the sampler's path: this step's AdaLN rows from a table built under the same autocast
-        table = pipe.modulation_table([{m: float(t[m][0]) for m in t}], prompts)
-        x0 = pipe.predict_x0(move(x), move(t), prompts, guidance, table)
+        table = cond.modulation_table(pipe.transformer, [{m: float(t[m][0]) for m in t}])
+        x0 = pipe.predict_x0(move(x), move(t), cond, guidance, table)
     return {m: x0_to_velocity(x[m], x0[m].float().cpu(), t[m]) for m in x0}
 
 
@@ -89,7 +93,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def events(clip) -> dict[str, list[float]]:
-    from avgen.eval.onsets import AVSignal, detect_events, onsets, tracks
+    from avgen.signal.onsets import AVSignal, detect_events, onsets, tracks
 
     return {m: onsets(detect_events(track)).round(4).tolist() for m, track in tracks(AVSignal.from_clip(clip)).items()}
 

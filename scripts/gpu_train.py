@@ -1,4 +1,4 @@
-"""One time-boxed device session: CUDA checks of the shipped weights, then GPU training, packed for the trip back.
+"""One time-boxed run on a lent GPU: CUDA checks of the shipped weights, then GPU training, packed for the trip back.
 
     python3 scripts/gpu_train.py --out $OUT [--budget-s 570] [--workers 14] [--device cuda] [--set KEY=VALUE ...]
 
@@ -23,7 +23,7 @@ is bounded by the clock and a failing phase does not stop the next one:
 Everything it runs is the library's own CLI; the script only schedules. `--device cpu` with a small
 budget rehearses the whole sequence on a machine without a GPU.
 
-How session 15 called it on the device (the machine has torch but not diffusers, and no data): an
+How it was called on the device (2026-11-30, commit a1dbde2) (the machine has torch but not diffusers, and no data): an
 ignored folder `.dev/` carried the wheels of diffusers 0.42.1 and importlib_metadata
 (`pip download --no-deps --only-binary=:all: --python-version 3.12 ...`) and the data as one
 `data.tar.xz` (15 MB; the checkout and it must stay under the 64 MiB that travels), then

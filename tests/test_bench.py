@@ -70,5 +70,5 @@ def test_bench_rejects_unknown_preset(capsys):
 
 
 def test_fit_exponent():
-    from avgen.bench import fit_exponent
+    from avgen.bench.sampling import fit_exponent
     assert abs(fit_exponent([1, 2, 4, 8], [3, 12, 48, 192]) - 2.0) < 1e-9

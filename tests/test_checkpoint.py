@@ -15,7 +15,10 @@ import torch
 from avgen.train.checkpoint import (CheckpointError, atomic_save, checkpoint_path, latest_checkpoint,
                                     list_checkpoints, prune, read_checkpoint, save_training_state)
 from avgen.train.config import preset
-from avgen.train.loop import Runtime, SampleOrder, Trainer, build_dataset, build_model, load_batch
+from avgen.train.data import SampleOrder, build_dataset, load_batch
+from avgen.train.runtime import Runtime
+from avgen.train.state import Trainer
+from avgen.train.surgery import build_model
 
 CPU = Runtime(torch.device("cpu"))
 

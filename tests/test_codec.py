@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from avgen.data.clip import ClipSpec
-from avgen.model.codec import AVCodec, log_spectral_distance, spectral_snr_db
+from avgen.eval.codec_check import log_spectral_distance, spectral_snr_db
+from avgen.model.codec import AVCodec
 from avgen.model.config import CODEC_PRESETS, CodecConfig
 
 SPEC = ClipSpec()  # 3 s, 32x32 grey, 16 fps, 8 kHz: 48 tokens, 500 samples per frame, hop 125
@@ -157,7 +158,7 @@ def test_shapes_tones_round_trip_cost():
 @pytest.mark.data
 def test_the_speech_judge_reads_codec_audio_as_well_as_the_original(data_root):
     from avgen.data import make_dataset
-    from avgen.model.codec import judge_accuracy
+    from avgen.eval.codec_check import judge_accuracy
 
     ds = make_dataset("talking-digits", split="test", data_root=data_root)
     clips = [ds[i] for i in range(6)]

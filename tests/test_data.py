@@ -64,7 +64,7 @@ def test_prompt_parsing_and_fixed_labels():
     ds = make_dataset("shapes")
     c = ds.clip(5, labels="circle square")
     assert [e.label for e in c.events] == ["circle", "square"]
-    with pytest.raises(ValueError, match="unknown label"):
+    with pytest.raises(ValueError, match="is not one"):
         ds.parse_prompt("circle blob")
     with pytest.raises(ValueError, match="at most 3"):
         ds.parse_prompt("circle circle circle circle")

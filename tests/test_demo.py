@@ -12,6 +12,8 @@ from avgen.data import make_dataset
 from avgen.data.clip import ClipSpec
 from avgen.data.io import decode_av, write_mp4, write_video, write_wav, to_uint8_rgb
 from avgen.demo import inputs
+from avgen.api.settings import SETTINGS, SettingError
+from avgen.data.prompt import PromptError, Vocabulary
 from avgen.demo.inputs import DemoInputError, DemoLimits
 from tests.demo_helpers import SPEC, serving, tiny_judges, tiny_weights  # noqa: F401  (fixtures)
 
@@ -19,48 +21,51 @@ DIGITS = tuple("0123456789")
 
 
 # ----------------------------------------------------------------------------- prompt and settings
+def parse_prompt(text, vocab=DIGITS, max_events=3) -> str:
+    return Vocabulary(vocab, max_events).parse(text).text
+
+
 @pytest.mark.parametrize("text, expected", [("3 1 4", "3 1 4"), ("  3   1 4 ", "3 1 4"), ("314", "3 1 4"),
                                             ("3,1", "3 1"), ("", ""), (None, ""), ("7", "7")])
 def test_prompts_people_type_become_the_canonical_form(text, expected):
-    assert inputs.parse_prompt(text, DIGITS, 3) == expected
+    assert parse_prompt(text) == expected
 
 
 @pytest.mark.parametrize("text, message", [("3 x 4", "may only hold digits 0-9; 'x'"), ("three", "'t'"),
                                            ("-1", "'-'"), ("1 2 3 4", "at most 3"), ("12345", "5 labels")])
 def test_bad_prompts_are_refused_with_a_clear_reason(text, message):
-    with pytest.raises(DemoInputError, match=message):
-        inputs.parse_prompt(text, DIGITS, 3)
+    with pytest.raises(PromptError, match=message):
+        parse_prompt(text)
 
 
 def test_multi_character_labels_are_not_split():
     vocab = ("circle", "square")
-    assert inputs.parse_prompt("circle square", vocab, 3) == "circle square"
-    with pytest.raises(DemoInputError, match="the labels circle, square; 'circlesquare'"):
-        inputs.parse_prompt("circlesquare", vocab, 3)
+    assert parse_prompt("circle square", vocab) == "circle square"
+    with pytest.raises(PromptError, match="the labels circle, square; 'circlesquare'"):
+        parse_prompt("circlesquare", vocab)
 
 
-@pytest.mark.parametrize("steps", [0, 101, 2.5, None, float("nan"), "10", True])
+@pytest.mark.parametrize("steps", [0, 201, 2.5, None, float("nan"), "10", True])
 def test_steps_out_of_range_or_not_whole_are_refused(steps):
-    with pytest.raises(DemoInputError, match="steps"):
-        inputs.check_steps(steps, DemoLimits())
+    with pytest.raises(SettingError, match="steps"):
+        SETTINGS["steps"].check(steps)
 
 
 def test_valid_settings_pass_through():
-    lim = DemoLimits()
-    assert inputs.check_steps(25.0, lim) == 25 and isinstance(inputs.check_steps(25.0, lim), int)
-    assert inputs.check_scale("video guidance", 4, lim) == 4.0
-    assert inputs.check_seed(2 ** 63 - 1) == 2 ** 63 - 1
+    assert SETTINGS["steps"].check(25.0) == 25 and isinstance(SETTINGS["steps"].check(25.0), int)
+    assert SETTINGS["guidance_scale"].check(4) == 4.0
+    assert SETTINGS["seed"].check(2 ** 63 - 1) == 2 ** 63 - 1
     for bad in (-1, 2 ** 63, 1.5, None, float("inf")):
-        with pytest.raises(DemoInputError, match="seed"):
-            inputs.check_seed(bad)
-    for bad in (-0.1, 15.1, float("nan"), None):
-        with pytest.raises(DemoInputError, match="audio guidance must be a number between 0 and 15"):
-            inputs.check_scale("audio guidance", bad, lim)
-    assert inputs.check_interval((0, 0.8)) == (0.0, 0.8)
-    for bad, message in (((0.9, 0.2), "from noise level 0.9 up to a lower level 0.2"),
-                         ((None, 0.5), "between 0 and 1"), ((0.0, 1.5), "between 0 and 1")):
-        with pytest.raises(DemoInputError, match=message):
-            inputs.check_interval(bad)
+        with pytest.raises(SettingError, match="seed"):
+            SETTINGS["seed"].check(bad)
+    for bad in (-0.1, 20.1, float("nan")):
+        with pytest.raises(SettingError, match="audio_guidance_scale must be a number from 0 to 20"):
+            SETTINGS["audio_guidance_scale"].check(bad)
+    assert SETTINGS["audio_guidance_scale"].check(None) is None  # optional: follows the video's
+    assert SETTINGS["guidance_interval"].check((0, 0.8)) == (0.0, 0.8)
+    for bad in ((0.9, 0.2), (None, 0.5), (0.0, 1.5)):
+        with pytest.raises(SettingError, match="two noise levels lo <= hi between 0 and 1"):
+            SETTINGS["guidance_interval"].check(bad)
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -168,7 +173,7 @@ def studio(tiny_weights, tiny_judges, tmp_path_factory):
 
 
 def settings(**kw):
-    from avgen.model.pipeline import GenerateSettings
+    from avgen.api.settings import GenerateSettings
 
     return GenerateSettings(**{"prompt": "3 1 4", "steps": 2, "device": "cpu", **kw})
 
@@ -196,16 +201,16 @@ def test_same_seed_same_clip_new_seed_new_clip(studio):
 
 
 def test_bad_input_fails_before_sampling(studio, monkeypatch):
-    import avgen.model.pipeline as pipeline
+    import avgen.demo.studio as studio_module
 
     def must_not_run(*a, **k):
         raise AssertionError("sampled despite bad input")
-    monkeypatch.setattr(pipeline, "generate", must_not_run)
+    monkeypatch.setattr(studio_module, "generate", must_not_run)
     for bad, message in ((settings(prompt="3 1 4 1"), "at most 3"), (settings(steps=0), "steps"),
                          (settings(sampler="ddim"), "sampler must be one of"), (settings(mode="a2v"), "add one first"),
                          (settings(mode="t2i"), "mode must be one of"),
-                         (settings(guidance_interval=(0.8, 0.3)), "up to a lower level")):
-        with pytest.raises(DemoInputError, match=message):
+                         (settings(guidance_interval=(0.8, 0.3)), "guidance_interval must be two noise levels")):
+        with pytest.raises(ValueError, match=message):  # PromptError, SettingError or DemoInputError
             studio.run(bad)
 
 
@@ -240,7 +245,7 @@ def test_old_results_are_deleted(studio):
 
 
 def test_report_table_and_json_are_safe_for_nan():
-    from avgen.demo.studio import json_safe, report_markdown
+    from avgen.demo.studio import report_json as json_safe, report_markdown
 
     rep = {"av_offset_ms": math.nan, "offset_confidence": 0.0, "onset_f1": math.nan, "video_onsets_s": [],
            "audio_onsets_s": [0.5], "video_digits": [], "audio_digits": ["7"], "prompt": "7",
@@ -320,6 +325,9 @@ def test_gradio_client_generates_a_three_second_clip(served, tmp_path):
     assert audio.endswith(".wav") and figure.endswith(".png")
     assert "| onset F1 (audio vs video, 1 frame) |" in report_md
     assert report["prompt"] == "3 1 4" and report["video_digit_counts"][1] >= 3
+    # the settings that made the clip travel with its report (what a person needs to make it again)
+    assert {"prompt": "3 1 4", "seed": 0, "steps": 2, "sampler": "euler", "guidance_interval": [0.0, 1.0]}.items() \
+        <= report["settings"].items()
 
 
 def test_gradio_client_sees_the_input_errors(served, tmp_path):
@@ -329,7 +337,7 @@ def test_gradio_client_sees_the_input_errors(served, tmp_path):
     c = client(url=served[1], tmp_path=tmp_path)
     with pytest.raises(AppError, match="may only hold digits 0-9; 'x'"):
         call(c, prompt="3 x")
-    with pytest.raises(AppError, match="500 is greater than maximum value 100"):  # the slider itself refuses it
+    with pytest.raises(AppError, match="500 is greater than maximum value 200"):  # the slider itself refuses it
         call(c, steps=500)
     silent = write_wav(np.zeros(8000, np.float32), 8000, tmp_path / "silence.wav")
     with pytest.raises(AppError, match="silence.wav: holds no sound"):
@@ -457,11 +465,11 @@ def test_a_result_still_being_shown_is_not_pruned(studio):
 def test_a_failed_write_releases_its_folder(studio, monkeypatch):
     """A request whose mp4 cannot be written fails with the writer's error, and its folder is not
     left live: pruning may take it like any finished one."""
-    import avgen.data.io as io
+    import avgen.demo.studio as studio_module
 
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(io, "write_mp4", full_disk)
+    monkeypatch.setattr(studio_module, "write_mp4", full_disk)
     with pytest.raises(OSError, match="No space left"):
         studio.make(settings())
     assert studio._live == set()

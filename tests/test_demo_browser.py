@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avgen.demo.studio import analyse_file
 from tests.demo_helpers import serving, tiny_weights  # noqa: F401  (fixture)
 
 CHROMIUM = os.environ.get("AVGEN_CHROMIUM", "/usr/bin/chromium")
@@ -100,13 +101,43 @@ def test_type_a_prompt_generate_and_play(browser, page_url, shots):
     page.close()
 
 
+def test_the_player_rests_on_the_first_event_with_its_controls_showing(browser, page_url, shots, monkeypatch):
+    """A clip starts blank until its first event: before it is played, the player shows the middle of the
+    first event the picture holds (as the report measures it on the very file the page got), and its
+    controls are visible without hovering."""
+    import avgen.demo.studio as studio_module
+    from avgen.data import make_dataset
+
+    clip = make_dataset("shapes", split="test").clip(0, labels="circle")  # one glyph, at a known time
+    assert clip.events[0].start_s > 0.2  # blank at the start
+    monkeypatch.setattr(studio_module, "generate", lambda *a, **k: [clip])
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(page_url)
+    page.locator("#prompt textarea, #prompt input").first.fill("3")
+    page.locator("#generate").click()
+    page.wait_for_selector("#report table", timeout=120_000)
+    src = page.evaluate("() => document.querySelector('#result-video video').currentSrc")
+    mp4 = shots / "rested.mp4"
+    mp4.write_bytes(page.request.get(src).body())
+    first = analyse_file(mp4, "", None)["video_events_s"][0]
+    assert abs(first[0] - clip.events[0].start_s) < 0.07  # the event the clip holds
+    page.wait_for_function("(t) => Math.abs(document.querySelector('#result-video video').currentTime - t) < 0.05",
+                           arg=(first[0] + first[1]) / 2, timeout=10_000)
+    assert page.evaluate("() => getComputedStyle(document.querySelector('#result-video .controls')).opacity") == "1"
+    page.screenshot(path=str(shots / "demo_player_at_rest.png"))
+    page.close()
+
+
 def test_a_bad_prompt_shows_the_reason(browser, page_url, shots):
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(page_url)
     page.locator("#prompt textarea, #prompt input").first.fill("3 1 4 1 5")
     page.locator("#generate").click()
-    message = page.get_by_text("this model puts at most 3 in a clip")
+    message = page.get_by_text("at most 3 fit in a clip")
     message.first.wait_for(timeout=60_000)
+    # the reason stays where the clip would be, after the toast is gone
+    page.locator("#report").get_by_text("No clip: the prompt has 5 labels; at most 3 fit in a clip").wait_for(
+        timeout=30_000)
     page.screenshot(path=str(shots / "demo_bad_prompt.png"))
     page.close()
 

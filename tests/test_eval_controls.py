@@ -15,7 +15,7 @@ import pytest
 from avgen.data import make_dataset
 from avgen.data.io import to_uint8_rgb, upscale, write_mp4, write_video
 from avgen.eval.judges import Judges
-from avgen.eval.onsets import AVSignal
+from avgen.signal.onsets import AVSignal
 from avgen.model.pipeline import DEFAULT_WEIGHTS
 from avgen.eval.suite import (Control, EvalConfig, Item, analyse, control_clip, evaluate, frechet_summary,
                               load_signal)
@@ -143,7 +143,7 @@ def test_codec_round_trip_stays_at_the_real_floor(ds, judges, real):
     assert truth.video == [e.start_s for e in ds[500].events]
     # the sound really went through the codec (Griffin-Lim phase: a new waveform) and kept its spectrum
     from avgen.eval.suite import codec_of
-    from avgen.model.codec import spectral_snr_db
+    from avgen.eval.codec_check import spectral_snr_db
     import torch
 
     codec = codec_of(DEFAULT_WEIGHTS)

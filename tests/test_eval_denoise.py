@@ -9,11 +9,13 @@ import torch
 
 from avgen.cli import main as cli
 from avgen.data import make_dataset
-from avgen.eval.denoise import LEVELS, clip_batch, dataset_denoise_error, denoise_error, flat, format_table
+from avgen.api.training import train
+from avgen.eval.denoise import LEVELS, dataset_denoise_error, denoise_error, flat, format_table
+from avgen.model.batch import clip_batch
 from avgen.model.codec import AVCodec
+from avgen.model.weights import load_network
 from avgen.train.config import preset
 from avgen.train.export import export_run
-from avgen.train.loop import load_weights_folder, train
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(weights):
-    return load_weights_folder(weights / "weights").eval()
+    return load_network(weights / "weights").eval()
 
 
 def batch_of(model, n: int, first: int = 0):
@@ -86,19 +88,19 @@ def test_training_logs_the_ema_weights_validation_error(weights):
     assert set(flat({"video": {0.3: 1.0}}, "val_x0")) == {"val_x0_video@0.3"}
     assert all(r[k] > 0 for r in val for k in flat({m: dict.fromkeys(LEVELS, 0) for m in ("video", "audio")},
                                                         "val_x0"))
-    model = load_weights_folder(weights / "weights").eval()
+    model = load_network(weights / "weights").eval()
     ds = make_dataset("shapes", split="test", seed=0, spec=AVCodec.from_config(model.config).spec)
     logged = {k: v for k, v in val[-1].items() if k.startswith("val_x0")}  # the exported EMA weights, step 2
     assert logged == pytest.approx(flat(dataset_denoise_error(model, ds, 3), "val_x0"), rel=1e-4)
 
 
 def test_a_failed_validation_is_logged_and_training_goes_on(tmp_path, monkeypatch):
-    import avgen.eval.denoise as denoise
+    import avgen.api.training as training
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (pretend)")
 
-    monkeypatch.setattr(denoise, "denoise_error", out_of_memory)
+    monkeypatch.setattr(training, "denoise_error", out_of_memory)
     result = train(preset("tiny", {"steps": 2, "val_every": 1}), tmp_path / "run", device="cpu", progress_bar=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert result.step == 2 and [r["val_error"] for r in rows if "val_error" in r] == \

@@ -14,7 +14,7 @@ from scipy.ndimage import gaussian_filter
 from avgen.data import ClipSpec, make_dataset
 from avgen.data.clip import Clip
 from avgen.data.io import to_uint8_rgb, write_video
-from avgen.eval.onsets import AVSignal
+from avgen.signal.onsets import AVSignal
 from avgen.eval.suite import EvalConfig, Item, analyse, evaluate, load_signal, shift_clip
 
 FOREIGN = ClipSpec(duration=3.0, height=48, width=64, channels=3, fps=25, sample_rate=44100)

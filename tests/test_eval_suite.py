@@ -191,4 +191,4 @@ def test_generate_mode_refuses_bad_settings_before_loading_weights(tmp_path, cap
     # the weights folder does not exist: the settings are refused first, in one line
     assert main(["eval", "--generate", "2", "--weights", str(tmp_path / "none"), "--sampler", "ddim"]) == 2
     err = capsys.readouterr().err
-    assert "unknown sampler 'ddim'" in err and err.count("\n") == 1
+    assert "invalid choice: 'ddim'" in err and err.count("\n") == 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from avgen.data import make_dataset
-from avgen.eval.onsets import (AVSignal, OnsetConfig, arrivals, audio_track, detect_events, envelope, onsets, shrink,
+from avgen.signal.onsets import (AVSignal, OnsetConfig, arrivals, audio_track, detect_events, envelope, onsets, shrink,
                                tracks, video_track)
 from avgen.eval.suite import Control, EvalConfig, analyse, control_clip
 from avgen.eval.sync import (av_align, estimate_offset, match_onsets, peak_pick, reference_audio_onsets,

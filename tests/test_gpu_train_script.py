@@ -1,4 +1,4 @@
-"""scripts/gpu_train.py: the device session's scheduler. What runs on the device is the library's own
+"""scripts/gpu_train.py: the scheduler of a time-boxed GPU run. What runs on the device is the library's own
 CLI (tested elsewhere); here, the pieces of its own logic: the rate it sizes the cooldown from, the
 input wait it reports, and the pack that must come back in parts of at most 15 MiB and rebuild bit for bit."""
 import importlib.util

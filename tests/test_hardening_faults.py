@@ -18,7 +18,10 @@ from avgen.cli import main
 from avgen.train.checkpoint import (CheckpointError, checkpoint_path, list_checkpoints, read_checkpoint,
                                     save_training_state)
 from avgen.train.config import preset
-from avgen.train.loop import Runtime, SampleOrder, Trainer, build_dataset, build_model, load_batch
+from avgen.train.data import SampleOrder, build_dataset, load_batch
+from avgen.train.runtime import Runtime
+from avgen.train.state import Trainer
+from avgen.train.surgery import build_model
 from tests.demo_helpers import tiny_weights  # noqa: F401  (fixture)
 
 CPU = Runtime(torch.device("cpu"))
@@ -124,10 +127,10 @@ PAUSED_TRAIN = """
 import os, sys, time
 from pathlib import Path
 import avgen.train.checkpoint as ck
-import avgen.train.loop as loop
+import avgen.train.state as state
 from avgen.cli import main
 where, mark = os.environ["PAUSE_AT"], Path(os.environ["PAUSE_MARK"])
-real_save, real_step = ck.save_file, loop.Trainer.step
+real_save, real_step = ck.save_file, state.Trainer.step
 
 def torn_save(tensors, path, metadata=None):
     real_save(tensors, path, metadata=metadata)
@@ -143,7 +146,7 @@ def stuck_step(self, batch, step):
         time.sleep(600)
     return real_step(self, batch, step)
 
-ck.save_file, loop.Trainer.step = torn_save, stuck_step
+ck.save_file, state.Trainer.step = torn_save, stuck_step
 sys.exit(main(sys.argv[1:]))
 """
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # every process the same thread count (same float sums)
@@ -208,15 +211,15 @@ def stepping():
 
 @pytest.mark.parametrize("poison", ["NaN gradient", "inf loss"])
 def test_a_non_finite_step_changes_nothing_and_is_reported(poison, stepping, monkeypatch):
-    from avgen.train import loop
+    from avgen.train import state
 
     trainer, step = stepping
     before, lr_steps = snapshot(trainer), trainer.scheduler.last_epoch
     if poison == "NaN gradient":  # the loss is finite; one parameter's gradient is not
         hook = next(trainer.model.parameters()).register_hook(lambda g: torch.full_like(g, math.nan))
     else:
-        real = loop.training_loss
-        monkeypatch.setattr(loop, "training_loss", lambda *a, **k: (lambda loss, stats: (loss * math.inf, stats))(
+        real = state.training_loss
+        monkeypatch.setattr(state, "training_loss", lambda *a, **k: (lambda loss, stats: (loss * math.inf, stats))(
             *real(*a, **k)))
     result = step()
     if poison == "NaN gradient":
@@ -274,15 +277,15 @@ def tiny_pipe(tiny_weights):
 
 
 def test_guidance_at_its_extremes_gives_a_valid_clip(tiny_pipe, tmp_path):
-    """0 (no prompt at all) and the largest scale either front end allows (the studio 15, the CLI 100),
+    """0 (no prompt at all) and the largest scale the settings table allows (the CLI's and the studio's),
     for each guidance on its own and all together (every sampler at the top): finite frames in [0, 1],
     sound in [-1, 1], an mp4."""
+    from avgen.api.generate import GenerateSettings, generate
+    from avgen.api.settings import MAX_GUIDANCE as top
     from avgen.data.io import decode_av, write_mp4
-    from avgen.model.pipeline import GenerateSettings, generate
 
-    extremes = [("euler", 0.0, 0.0, 0.0), ("euler", 15.0, 15.0, 15.0), ("euler", 100.0, 0.0, 1.0),
-                ("euler", 0.0, 100.0, 100.0), ("euler", 100.0, 100.0, 100.0), ("heun", 100.0, 100.0, 100.0),
-                ("dpm++", 100.0, 100.0, 100.0)]
+    extremes = [("euler", 0.0, 0.0, 0.0), ("euler", 15.0, 15.0, 15.0), ("euler", top, 0.0, 1.0),
+                ("euler", 0.0, top, top), ("euler", top, top, top), ("heun", top, top, top), ("dpm++", top, top, top)]
     for sampler, video_g, audio_g, modality in extremes:
         clip = generate(tiny_pipe, GenerateSettings(prompt="3 1", steps=2, sampler=sampler, guidance_scale=video_g,
                                                     audio_guidance_scale=audio_g, modality_scale=modality,

@@ -1,5 +1,5 @@
 """Hostile and broken files: uploads (the studio) and --audio/--video (the CLI) through their one
-reader, `avgen.data.io.read_given`; weights and checkpoints; folder datasets. Each is either used
+reader, `avgen.data.given.read_given`; weights and checkpoints; folder datasets. Each is either used
 correctly or refused with one line naming the file; nothing is unpickled, nothing decoded past a limit."""
 from __future__ import annotations
 
@@ -17,10 +17,12 @@ import pytest
 import torch
 
 from avgen.data.clip import ClipSpec
-from avgen.data.io import AVReadError, MediaLimits, decode_av, read_given, write_video, write_wav
+from avgen.data.given import MediaLimits, read_given
+from avgen.data.io import AVReadError, decode_av, write_video, write_wav
 from avgen.demo import inputs
 from avgen.demo.inputs import DemoInputError, DemoLimits
-from avgen.train.checkpoint import CheckpointError, check_weights_folder, read_checkpoint
+from avgen.model.weights import CheckpointError, check_weights_folder
+from avgen.train.checkpoint import read_checkpoint
 from tests.demo_helpers import tiny_weights  # noqa: F401  (fixture)
 
 SPEC = ClipSpec()
@@ -314,7 +316,7 @@ WEIGHT_DAMAGE = {
 @pytest.mark.parametrize("damage", list(WEIGHT_DAMAGE))
 def test_damaged_or_smuggled_weights_are_refused_naming_the_file(damage, tiny_weights, tmp_path, capsys):
     from avgen.cli import main
-    from avgen.model.pipeline import weights_file
+    from avgen.model.weights import weights_file
 
     folder = tmp_path / "weights"
     shutil.copytree(tiny_weights, folder)

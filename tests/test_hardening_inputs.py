@@ -12,12 +12,17 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from avgen.demo import inputs
-from avgen.demo.inputs import DemoInputError, DemoLimits
+from avgen.api.settings import SETTINGS, SettingError
+from avgen.data.prompt import PromptError, Vocabulary
 
 DIGITS = tuple("0123456789")
 WORDS = ("circle", "square", "tri")
-LIMITS = DemoLimits()
+STEPS, GUIDANCE, SEED, SAMPLER = (SETTINGS[k] for k in ("steps", "guidance_scale", "seed", "sampler"))
+
+
+def parse_prompt(text, vocab, max_events) -> str:
+    """The one prompt rule (CLI, studio, datasets, pipeline), as the canonical text."""
+    return Vocabulary(vocab, max_events).parse(text).text
 # no example database in the work tree; each test is a few hundred cases in about a second
 FAST = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -39,7 +44,7 @@ def one_line(message: str) -> None:
     assert message and "\n" not in message and "\r" not in message and len(message) <= 300, repr(message)
 
 
-# ----------------------------------------------------------------------------- the studio's prompt parser
+# ----------------------------------------------------------------------------- the prompt parser
 @FAST
 @given(text=st.one_of(st.text(), PROMPTISH, ANYTHING), vocab=st.sampled_from([DIGITS, WORDS]),
        max_events=st.integers(1, 5))
@@ -47,14 +52,14 @@ def one_line(message: str) -> None:
 @example(text="3" * 1001, vocab=DIGITS, max_events=3)
 def test_prompt_parser_gives_a_canonical_prompt_or_one_line(text, vocab, max_events):
     try:
-        canonical = inputs.parse_prompt(text, vocab, max_events)
-    except DemoInputError as e:
+        canonical = parse_prompt(text, vocab, max_events)
+    except PromptError as e:
         one_line(str(e))
         return
     labels = canonical.split()
     assert all(w in vocab for w in labels) and len(labels) <= max_events
     assert canonical == " ".join(labels)  # single spaces, no padding
-    assert inputs.parse_prompt(canonical, vocab, max_events) == canonical  # a fixed point
+    assert parse_prompt(canonical, vocab, max_events) == canonical  # a fixed point
 
 
 @FAST
@@ -63,16 +68,16 @@ def test_what_the_studio_accepts_the_pipeline_accepts_and_nothing_else_crashes_i
     """The pipeline's own parser (avgen generate, the library): labels or ValueError, and every prompt
     the studio canonicalises is one it takes as is."""
     try:
-        labels = tiny_pipe.parse_prompts(text)[0]
+        labels = tiny_pipe.parse_prompts(text)[0].labels
     except ValueError as e:
         one_line(str(e))
     else:
         assert all(w in tiny_pipe.vocab for w in labels) and len(labels) <= 3
     try:
-        canonical = inputs.parse_prompt(text, tiny_pipe.vocab, 3)
-    except DemoInputError:
+        canonical = parse_prompt(text, tiny_pipe.vocab, 3)
+    except PromptError:
         return
-    assert tiny_pipe.parse_prompts(canonical) == [canonical.split()]
+    assert [p.text for p in tiny_pipe.parse_prompts(canonical)] == [canonical]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +89,7 @@ def tiny_pipe():
     return AVGenPipeline.from_transformer(AVDiT.from_preset("AVDiT-T", ClipSpec(), DIGITS, 3))
 
 
-# ----------------------------------------------------------------------------- the studio's argument checks
+# ----------------------------------------------------------------------------- the settings table's checks
 @FAST
 @given(value=ANYTHING)
 @example(value=10 ** 5000)
@@ -94,11 +99,11 @@ def tiny_pipe():
 @example(value=Fraction(50, 2))
 def test_steps_are_a_whole_number_in_range_or_one_line(value):
     try:
-        n = inputs.check_steps(value, LIMITS)
-    except DemoInputError as e:
+        n = STEPS.check(value)
+    except SettingError as e:
         one_line(str(e))
         return
-    assert type(n) is int and LIMITS.min_steps <= n <= LIMITS.max_steps
+    assert type(n) is int and STEPS.lo <= n <= STEPS.hi
     assert n == value and not isinstance(value, (bool, str))
 
 
@@ -109,12 +114,12 @@ def test_steps_are_a_whole_number_in_range_or_one_line(value):
 @example(value=np.float32("inf"))
 def test_guidance_scales_are_finite_and_in_range_or_one_line(value):
     try:
-        g = inputs.check_scale("video guidance", value, LIMITS)
-    except DemoInputError as e:
+        g = GUIDANCE.check(value)
+    except SettingError as e:
         one_line(str(e))
-        assert str(e).startswith("video guidance must be a number between 0 and 15")
+        assert str(e).startswith("guidance_scale must be a number from 0 to 20")
         return
-    assert type(g) is float and math.isfinite(g) and 0.0 <= g <= LIMITS.max_guidance
+    assert type(g) is float and math.isfinite(g) and 0.0 <= g <= GUIDANCE.hi
 
 
 @FAST
@@ -125,8 +130,8 @@ def test_guidance_scales_are_finite_and_in_range_or_one_line(value):
 @example(value=1e300)
 def test_seeds_are_whole_and_64_bit_or_one_line(value):
     try:
-        seed = inputs.check_seed(value)
-    except DemoInputError as e:
+        seed = SEED.check(value)
+    except SettingError as e:
         one_line(str(e))
         return
     import torch
@@ -141,22 +146,22 @@ def test_seeds_are_whole_and_64_bit_or_one_line(value):
 def test_choices_are_one_of_the_offered_strings_or_one_line(value):
     choices = ("euler", "heun", "dpm++")
     try:
-        assert inputs.check_choice("sampler", value, choices) in choices
-    except DemoInputError as e:
+        assert SAMPLER.check(value) in choices
+    except SettingError as e:
         one_line(str(e))
 
 
 def test_the_messages_say_what_was_wrong():
-    with pytest.raises(DemoInputError, match=r"got a number of about 5001 digits"):
-        inputs.check_steps(10 ** 5000, LIMITS)
-    with pytest.raises(DemoInputError, match=r"the prompt must be text, got int"):
-        inputs.parse_prompt(314, DIGITS, 3)
-    with pytest.raises(DemoInputError, match=r"the prompt has 1001 characters; at most 1000"):
-        inputs.parse_prompt("3" * 1001, DIGITS, 3)
-    with pytest.raises(DemoInputError, match=r"'３' is not one"):  # a full-width digit is not a digit here
-        inputs.parse_prompt("３", DIGITS, 3)
-    with pytest.raises(DemoInputError, match=r"got array\(\[\[1\., 2\.\], \[3\., 4\.\]\]\)"):  # one line
-        inputs.check_seed(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    with pytest.raises(SettingError, match=r"got a number of about 5001 digits"):
+        STEPS.check(10 ** 5000)
+    with pytest.raises(PromptError, match=r"the prompt must be text \(labels such as '3 1 4'\), got int"):
+        parse_prompt(314, DIGITS, 3)
+    with pytest.raises(PromptError, match=r"the prompt has 1001 characters; at most 1000"):
+        parse_prompt("3" * 1001, DIGITS, 3)
+    with pytest.raises(PromptError, match=r"'３' is not one"):  # a full-width digit is not a digit here
+        parse_prompt("３", DIGITS, 3)
+    with pytest.raises(SettingError, match=r"got array\(\[\[1\., 2\.\], \[3\., 4\.\]\]\)"):  # one line
+        SEED.check(np.array([[1.0, 2.0], [3.0, 4.0]]))
 
 
 # ----------------------------------------------------------------------------- the command line's numbers

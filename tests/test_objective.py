@@ -66,6 +66,25 @@ def test_low_noise_share():
         ObjectiveConfig(t_low=0.0)
 
 
+def test_prompt_dropout_for_a_given_modality_is_its_own_rate_and_leaves_other_runs_as_they_were():
+    """`p_drop_prompt_given` sets how often A2V / V2A samples train without a prompt; unset, every draw is
+    what it was (old runs replay), and it is decided by the same random draw either way."""
+    shapes = {"video": (4, 8), "audio": (4, 6)}
+    n = 4000
+    base = draw_randomness(torch.Generator().manual_seed(0), n, shapes, ObjectiveConfig(p_clean=0.25))
+    given = (base.t["video"] == 0) | (base.t["audio"] == 0)
+    assert abs(float(given.float().mean()) - 0.5) < 0.03
+    assert abs(1 - float(base.keep_prompt[given].float().mean()) - 0.1) < 0.02  # unset: p_drop_prompt everywhere
+    for rate in (0.0, 0.5, 1.0):
+        cfg = ObjectiveConfig(p_clean=0.25, p_drop_prompt=0.15, p_drop_prompt_given=rate)
+        d = draw_randomness(torch.Generator().manual_seed(0), n, shapes, cfg)
+        assert all(torch.equal(d.t[m], base.t[m]) and torch.equal(d.noise[m], base.noise[m]) for m in d.t)
+        assert abs(1 - float(d.keep_prompt[given].float().mean()) - rate) < 0.03
+        assert abs(1 - float(d.keep_prompt[~given].float().mean()) - 0.15) < 0.02
+    with pytest.raises(ValueError, match="p_drop_prompt_given must lie in"):
+        ObjectiveConfig(p_drop_prompt_given=1.5)
+
+
 def test_per_sample_generators_make_draws_independent_of_the_batch():
     for cfg in (ObjectiveConfig(), ObjectiveConfig(p_low=0.5)):
         both = sample_times(2, gens([0, 1]), cfg)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from avgen.cli import main
-from avgen.model.pipeline import GenerateSettings, generate, load_pipeline, write_outputs
+from avgen.api.generate import GenerateSettings, generate
+from avgen.api.records import write_outputs
+from avgen.model.pipeline import load_pipeline
 from avgen.model.postfilter import (FOLDER, PostfilterConfig, PostfilterError, SpectralPostfilter, detail_variance,
                                     envelope, fit_gains)
 from tests.test_pipeline import seeded, tiny_pipeline
@@ -161,14 +163,14 @@ def test_settings_and_sidecar_record_the_postfilter(weights, tmp_path):
         GenerateSettings(postfilter="no").check()
     settings = GenerateSettings(prompt="7", steps=2, postfilter=False)
     clips = generate(pipe, settings)
-    path = write_outputs(clips, tmp_path / "c.mp4", settings, weights, "cpu")[0]
+    path = write_outputs(clips, tmp_path / "c.mp4", settings, pipe, weights, "cpu")[0]
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["settings"]["postfilter"] is False and meta["weights"]["postfilter"] is None
     on_settings = GenerateSettings(prompt="7", steps=2, postfilter=True)
     on = generate(pipe, on_settings)
     assert not np.allclose(clips[0].audio, on[0].audio, atol=1e-3)
     # the sidecar names the gains and the strength that decoded the audio
-    path = write_outputs(on, tmp_path / "on.mp4", on_settings, weights, "cpu")[0]
+    path = write_outputs(on, tmp_path / "on.mp4", on_settings, pipe, weights, "cpu")[0]
     recorded = json.loads(path.with_suffix(".json").read_text())["weights"]["postfilter"]
     assert recorded == pipe.postfilter.describe() and recorded["strength"] == 1.0
     assert pipe.postfilter.with_strength(2.0).describe()["gains_sha256"] == recorded["gains_sha256"]
@@ -244,7 +246,7 @@ def test_cli_postfilter_fits_shows_and_refuses(weights, tmp_path, data_root, cap
 
 
 def test_the_shipped_weights_carry_a_postfilter_fitted_for_them():
-    from avgen.model.pipeline import DEFAULT_WEIGHTS
+    from avgen.model.weights import DEFAULT_WEIGHTS
 
     post = SpectralPostfilter.load(DEFAULT_WEIGHTS / FOLDER, bins=BINS)
     fit = post.cfg.fit

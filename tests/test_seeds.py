@@ -53,11 +53,11 @@ def test_a_preset_from_before_the_postfilter_regenerates_without_it():
     ({"seed": True}, "seed must be an integer"),
     ({"seed": -1}, "seed must be an integer"),
     ({"settings": {**SETTINGS, "eta": 0.0}}, "settings must hold exactly"),
-    ({"settings": {**SETTINGS, "steps": 0}}, "settings.steps must be a positive integer"),
-    ({"settings": {**SETTINGS, "guidance_scale": "4"}}, "settings.guidance_scale must be a number"),
-    ({"settings": {**SETTINGS, "guidance_interval": [0.8, 0.2]}}, "settings.guidance_interval must be"),
-    ({"settings": {**SETTINGS, "guidance_interval": 0.5}}, "settings.guidance_interval must be"),
-    ({"settings": {**SETTINGS, "postfilter": 1}}, "settings.postfilter must be true or false"),
+    ({"settings": {**SETTINGS, "steps": 0}}, "settings: steps must be a whole number"),
+    ({"settings": {**SETTINGS, "guidance_scale": "4"}}, "settings: guidance_scale must be a number"),
+    ({"settings": {**SETTINGS, "guidance_interval": [0.8, 0.2]}}, "settings: guidance_interval must be"),
+    ({"settings": {**SETTINGS, "guidance_interval": 0.5}}, "settings: guidance_interval must be"),
+    ({"settings": {**SETTINGS, "postfilter": 1}}, "settings: postfilter must be true or false"),
     ({"metrics": {}}, "written by `avgen seeds measure`"),
     ({"metrics": {**GOOD_METRICS, "onset_f1": math.nan}}, "\\['onset_f1'\\] must be numbers"),
 ])
@@ -83,7 +83,7 @@ def test_missing_keys_file_name_mismatch_and_bad_json_are_refused(tmp_path):
 
 
 def test_settings_are_the_generators_own_and_pinned_at_its_defaults():
-    from avgen.model.pipeline import GenerateSettings
+    from avgen.api.settings import GenerateSettings
 
     fields = {f.name for f in dataclasses.fields(GenerateSettings)}
     assert set(seeds.SETTING_KEYS) <= fields
@@ -246,7 +246,7 @@ def test_seeds_measure_check_and_list(tiny_weights, tmp_path, monkeypatch, capsy
 def test_seeds_commands_refuse_bad_requests(tiny_weights, tmp_path, capsys):
     assert avgen(["seeds", "check", "--weights", str(tiny_weights), "--seeds", str(tmp_path)]) == 2
     assert avgen(["seeds", "measure", "--weights", str(tiny_weights), "--out", str(tmp_path), "--prompts", "3 x"]) == 2
-    assert "unknown" in capsys.readouterr().err.lower()
+    assert "'x' is not one" in capsys.readouterr().err.lower()
 
 
 # ----------------------------------------------------------------------------- the shipped presets
@@ -254,7 +254,8 @@ def test_seeds_commands_refuse_bad_requests(tiny_weights, tmp_path, capsys):
 def test_shipped_presets_still_reach_their_recorded_metrics():
     """The regression test of issue 5, section 3: every preset in seeds/ regenerated on the CPU with
     the shipped weights stays at or above what it recorded, and what it recorded meets the bar."""
-    from avgen.model.pipeline import DEFAULT_WEIGHTS, load_pipeline, weights_file
+    from avgen.model.pipeline import load_pipeline
+    from avgen.model.weights import DEFAULT_WEIGHTS, weights_file
 
     presets = seeds.load_presets()
     if not presets:

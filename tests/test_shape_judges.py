@@ -7,7 +7,7 @@ import pytest
 
 from avgen.data.shapes import GLYPHS, Shapes, glyph_mask, tone
 from avgen.eval.judges import image_input
-from avgen.eval.onsets import Detected
+from avgen.signal.onsets import Detected
 from avgen.eval.shape_judges import ShapeJudges
 
 
@@ -51,7 +51,7 @@ def test_noise_and_silence_read_as_nothing_in_particular(judges):
 
 
 def test_a_rendered_clip_is_read_through_the_suite(judges):
-    from avgen.eval.onsets import AVSignal
+    from avgen.signal.onsets import AVSignal
 
     ds = Shapes("test", seed=3)
     clip = ds[0]

@@ -66,7 +66,8 @@ def test_training_feeds_the_ground_truth_timeline_and_learns_its_embedding(tmp_p
     from safetensors.torch import load_file
 
     from avgen.train.config import preset
-    from avgen.train.loop import clip_slots, train
+    from avgen.model.batch import clip_slots
+    from avgen.train.loop import train
     from avgen.data import make_dataset
 
     ds = make_dataset("shapes", split="train", spec=preset("tiny").spec)
@@ -148,31 +149,32 @@ def test_generated_clips_carry_their_plan_and_eval_scores_against_it(tmp_path, m
 
     import torch
     from avgen.data.clip import ClipSpec
-    from avgen.eval import suite
-    from avgen.model import pipeline as pl
+    from avgen.api import generate as gen
+    from avgen.api.evaluate import generated_items
+    from avgen.api.records import write_outputs
+    from avgen.model.pipeline import AVGenPipeline
     from avgen.model.transformer import AVDiT
 
     spec = ClipSpec(duration=1.0)
     prior = LayoutPrior({d: {3: 1} for d in "0123456789"}, min_gap=3).to_dict()
     model = AVDiT.from_preset("AVDiT-T", spec, tuple("0123456789"), 3, timeline_cond=True, layout_prior=prior)
-    pipe = pl.AVGenPipeline.from_transformer(model.eval())
+    pipe = AVGenPipeline.from_transformer(model.eval())
     pipe.set_progress_bar_config(disable=True)
-    settings = pl.GenerateSettings(prompt="3 1", steps=2, seed=4, duration=1.0)
-    clip = pl.generate(pipe, settings)[0]
+    settings = gen.GenerateSettings(prompt="3 1", steps=2, seed=4, duration=1.0)
+    clip = gen.generate(pipe, settings)[0]
     plan = clip.meta["timeline"]
     assert [lab for lab, *_ in plan] == ["3", "1"] and all(abs(e - s - 3 / 16) < 1e-9 for _, s, e in plan)
     assert plan[1][1] - plan[0][2] >= 3 / 16 - 1e-9  # the prior's minimum gap
-    assert pl.generate(pipe, settings)[0].meta["timeline"] == plan  # one seed, one plan
+    assert gen.generate(pipe, settings)[0].meta["timeline"] == plan  # one seed, one plan
     from dataclasses import replace
-    assert pl.generate(pipe, replace(settings, timeline=False))[0].meta["timeline"] == []  # --no-timeline: unknown
+    assert gen.generate(pipe, replace(settings, timeline=False))[0].meta["timeline"] == []  # --no-timeline: unknown
     with pytest.raises(ValueError, match="timeline must be true or false"):
         replace(settings, timeline="yes").check()
     pipe.save_pretrained(tmp_path / "w")
-    paths = pl.write_outputs([clip], tmp_path / "clip.mp4", settings, tmp_path / "w", "cpu")
+    paths = write_outputs([clip], tmp_path / "clip.mp4", settings, pipe, tmp_path / "w", "cpu")
     assert json.loads(paths[0].with_suffix(".json").read_text())["timeline"] == [list(e) for e in plan]
     # eval --generate: the plan is the generated clip's ground truth for the *_gt onset scores
-    monkeypatch.setattr(pl, "load_pipeline", lambda *a, **k: pipe)
-    items = suite.generated_items(tmp_path / "w", 2, tmp_path / "gen", steps=2, duration=1.0)
+    items = generated_items(pipe, settings.replace(seed=0), 2, tmp_path / "gen")
     assert all(it.truth is not None and len(it.truth.video) == len(it.prompt.split()) for it in items)
     assert items[0].truth.video == items[0].truth.audio
 
@@ -180,26 +182,27 @@ def test_generated_clips_carry_their_plan_and_eval_scores_against_it(tmp_path, m
 def test_a2v_and_v2a_read_the_timeline_from_the_given_modality():
     from avgen.data import make_dataset
     from avgen.data.clip import ClipSpec
-    from avgen.model.pipeline import AVGenPipeline
+    from avgen.data.prompt import Prompt
+    from avgen.model.conditioning import timeline_from_given
     from avgen.model.transformer import AVDiT
 
     spec = ClipSpec(duration=3.0, height=16, width=16)
     ds = make_dataset("shapes", split="test", spec=spec)
     vocab = list(ds.vocab)
     prior = LayoutPrior({v: {3: 1} for v in vocab}, min_gap=3).to_dict()
-    model = AVDiT.from_preset("AVDiT-T", spec, vocab, 3, timeline_cond=True, layout_prior=prior)
-    pipe = AVGenPipeline.from_transformer(model.eval())
+    model = AVDiT.from_preset("AVDiT-T", spec, vocab, 3, timeline_cond=True, layout_prior=prior).eval()
     n = spec.num_frames
     for i in range(4):
         clip = ds[i]
         truth = slots_from_events(clip.truth(), n, 1 / spec.fps)
-        labels = [clip.prompt.split()]
-        from_video = pipe.timeline_from_given(clip.frames, None, labels, n)[0]
-        from_audio = pipe.timeline_from_given(None, clip.audio, labels, n)[0]
+        labels = [Prompt(tuple(clip.prompt.split()))]
+        from_video = timeline_from_given(model, spec, 1, clip.frames[None], None, labels, n)[0]
+        from_audio = timeline_from_given(model, spec, 1, None, clip.audio[None], labels, n)[0]
         assert (from_video != truth).sum() <= 2 and (from_audio != truth).sum() <= 2, i
         # a prompt whose count the given modality does not show: the timeline stays unknown
         wrong = [clip.prompt.split() + [vocab[0]] * (3 - len(clip.events))] if len(clip.events) < 3 else [[vocab[0]]]
-        assert (pipe.timeline_from_given(None, clip.audio, wrong, n)[0] == unknown_slot(3)).all()
+        wrong = [Prompt(tuple(w)) for w in wrong]
+        assert (timeline_from_given(model, spec, 1, None, clip.audio[None], wrong, n)[0] == unknown_slot(3)).all()
 
 
 def test_a_folder_of_clips_without_events_trains_without_a_timeline(tmp_path, monkeypatch):
@@ -246,7 +249,7 @@ def test_a_run_begun_before_the_timeline_input_resumes_without_it(tmp_path):
     old = json.loads(path.read_text())
     del old["model"]["timeline_cond"]  # as written by an avgen without the input
     path.write_text(json.dumps(old))
-    from avgen.train.loop import read_run_config
+    from avgen.train.record import read_run_config
     resumed = read_run_config(tmp_path / "run").override({"steps": 4})
     assert resumed.model.timeline_cond is False
     assert train(resumed, tmp_path / "run", resume=True, progress_bar=False).checkpoint.name.endswith("4.safetensors")

@@ -13,11 +13,17 @@ import torch
 from avgen.cli import main as cli
 from avgen.data import ClipSpec, make_dataset
 from avgen.model.pipeline import AVGenPipeline
-from avgen.train import loop
+from avgen.api import training as api_training
+from avgen.model import objective, transformer
+from avgen.train import data as tdata, loop, record, state, surgery
 from avgen.train.checkpoint import checkpoint_path, latest_checkpoint, load_ema_weights, read_checkpoint
 from avgen.train.config import TRAIN_PRESETS, TrainConfig, lr_factor, preset
 from avgen.train.export import export_run, model_from_checkpoint
-from avgen.train.loop import EMA, Runtime, SampleOrder, local_indices, sample_generator, train
+from avgen.model.batch import sample_generator
+from avgen.train.data import SampleOrder, local_indices
+from avgen.train.loop import train
+from avgen.train.runtime import Runtime
+from avgen.train.state import EMA
 
 CPU = Runtime(torch.device("cpu"))
 
@@ -122,7 +128,7 @@ def test_training_writes_config_metrics_and_checkpoints(tmp_path):
     result = train(cfg, tmp_path / "run", device="cpu", progress_bar=False)
     run = tmp_path / "run"
     assert (result.step, result.skipped_steps) == (4, 0)
-    assert loop.read_run_config(run) == cfg
+    assert record.read_run_config(run) == cfg
     assert result.checkpoint == checkpoint_path(run, 4) == latest_checkpoint(run)
     assert read_checkpoint(result.checkpoint)[1]["train_config"] == cfg.to_dict()
     logged = metrics(run)
@@ -145,7 +151,7 @@ def test_a_run_folder_is_not_overwritten_and_resume_needs_one(tmp_path):
 def test_metrics_log_drops_steps_after_the_resumed_checkpoint_and_torn_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2, "samples": "x"}\n{"step": 3}\n{"st')  # killed mid-write
-    log = loop.MetricsLog(path, resume_step=2, enabled=True)
+    log = record.MetricsLog(path, resume_step=2, enabled=True)
     log.write({"step": 3, "loss": 1.0})
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         {"step": 1}, {"step": 2, "samples": "x"}, {"step": 3, "loss": 1.0}]
@@ -160,7 +166,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
     cfg = tiny(steps=6, ckpt_every=2)
     train(cfg, tmp_path / "straight", device="cpu", progress_bar=False)
 
-    real_save = loop.save_training_state
+    real_save = state.save_training_state
 
     def crash_after_step_4(*args, **kwargs):
         path = real_save(*args, **kwargs)
@@ -168,11 +174,11 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch
             raise Interrupted
         return path
 
-    monkeypatch.setattr(loop, "save_training_state", crash_after_step_4)
+    monkeypatch.setattr(state, "save_training_state", crash_after_step_4)
     with pytest.raises(Interrupted):
         train(cfg, tmp_path / "crashed", device="cpu", progress_bar=False)
     monkeypatch.undo()
-    result = train(loop.read_run_config(tmp_path / "crashed"), tmp_path / "crashed", resume=True, device="cpu",
+    result = train(record.read_run_config(tmp_path / "crashed"), tmp_path / "crashed", resume=True, device="cpu",
                    progress_bar=False)
     assert result.step == 6
     for prefix in ("model.", "ema.", "optimizer."):
@@ -193,15 +199,15 @@ def test_data_workers_train_on_exactly_what_one_process_does(tmp_path):
 
 
 def test_frames_travel_as_uint8_exactly_when_they_are_levels_of_255(data_root):
-    ds = loop.build_dataset(preset("digits-cpu", {"augment_shift_px": 2}), data_root)
+    ds = tdata.build_dataset(preset("digits-cpu", {"augment_shift_px": 2}), data_root)
     frames = np.stack([ds[i].frames for i in range(3)])
-    packed = loop.pack_frames(frames)
+    packed = tdata.pack_frames(frames)
     assert packed.dtype == torch.uint8 and packed.numel() == frames.size
-    assert torch.equal(loop.unpack_frames(packed), torch.from_numpy(frames))  # bit for bit
+    assert torch.equal(tdata.unpack_frames(packed), torch.from_numpy(frames))  # bit for bit
     for other in (frames * 0.999, frames.astype(np.float64), frames - 1 / 255):  # off the levels, or not float32
-        kept = loop.pack_frames(other)
-        assert kept.dtype != torch.uint8 and np.array_equal(loop.unpack_frames(kept).numpy(), other)
-    assert loop.pack_frames(np.zeros((0, 2), np.float32)).dtype == torch.uint8  # an empty batch packs too
+        kept = tdata.pack_frames(other)
+        assert kept.dtype != torch.uint8 and np.array_equal(tdata.unpack_frames(kept).numpy(), other)
+    assert tdata.pack_frames(np.zeros((0, 2), np.float32)).dtype == torch.uint8  # an empty batch packs too
 
 
 @pytest.mark.slow
@@ -221,12 +227,12 @@ def test_noise_on_device_replays_over_workers_resumes_and_process_counts(tmp_pat
     assert not all(torch.equal(v, per_sample[k]) for k, v in weights(tmp_path / "inline", 4).items())
     # the noise is keyed by the global batch: two ranks' slices are one process's batch
     shapes = {"video": (6, 3), "audio": (6, 2)}
-    whole = loop.device_noise(0, range(8, 12), CPU, shapes)
-    halves = [loop.device_noise(0, range(8 + 2 * r, 10 + 2 * r), Runtime(torch.device("cpu"), r, 2), shapes)
+    whole = tdata.device_noise(0, range(8, 12), CPU, shapes)
+    halves = [tdata.device_noise(0, range(8 + 2 * r, 10 + 2 * r), Runtime(torch.device("cpu"), r, 2), shapes)
               for r in (0, 1)]
     assert all(torch.equal(whole[m], torch.cat([h[m] for h in halves])) for m in shapes)
     assert whole["video"].shape == (4, 6, 3) and whole["audio"].shape == (4, 6, 2)
-    for other in (loop.device_noise(0, range(12, 16), CPU, shapes), loop.device_noise(1, range(8, 12), CPU, shapes)):
+    for other in (tdata.device_noise(0, range(12, 16), CPU, shapes), tdata.device_noise(1, range(8, 12), CPU, shapes)):
         assert not torch.equal(whole["video"], other["video"])  # another batch, or another run seed
 
 
@@ -237,7 +243,7 @@ def test_a_compiled_step_trains_what_the_eager_step_trains(tmp_path, monkeypatch
     compiled_modules, real_compile = [], torch.compile
     monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled_modules.append(module) or real_compile(module, **kw))
     fused = train(cfg, tmp_path / "compiled", device="cpu", progress_bar=False, compiled=True)
-    assert len(compiled_modules) == 1 and isinstance(compiled_modules[0], loop.AVDiT)  # the step's network
+    assert len(compiled_modules) == 1 and isinstance(compiled_modules[0], transformer.AVDiT)  # the step's network
     assert json.loads((tmp_path / "compiled" / "run.json").read_text())["compiled"] is True
     assert fused.last_loss == pytest.approx(eager.last_loss, rel=1e-4)
     a, b = weights(tmp_path / "eager", 2, ""), weights(tmp_path / "compiled", 2, "")
@@ -247,20 +253,20 @@ def test_a_compiled_step_trains_what_the_eager_step_trains(tmp_path, monkeypatch
 
 def test_batches_from_any_position_match_load_batch_and_the_generators_draws(tmp_path):
     cfg = tiny()
-    ds = loop.build_dataset(cfg)
+    ds = tdata.build_dataset(cfg)
     order = SampleOrder(len(ds), cfg.data_seed, shuffle=False)
-    model = loop.build_model(cfg, ds)
-    trainer = loop.Trainer.create(cfg, model, CPU)
+    model = surgery.build_model(cfg, ds)
+    trainer = state.Trainer.create(cfg, model, CPU)
     spec = trainer.draw_spec()
-    stream = loop.batches(ds, order, 8, cfg, CPU, spec, workers=0)
+    stream = tdata.batches(ds, order, 8, cfg, CPU, spec, workers=0)
     for k in range(2):  # batch k of a stream from position 8 = the clips at 8 + 4k ..
         got = next(stream)
-        plain = loop.load_batch(ds, order, range(8 + 4 * k, 12 + 4 * k), cfg.seed, CPU.device, 1)
+        plain = tdata.load_batch(ds, order, range(8 + 4 * k, 12 + 4 * k), cfg.seed, CPU.device, 1)
         assert torch.equal(got.frames, plain.frames) and torch.equal(got.audio, plain.audio)
         assert got.labels == plain.labels and torch.equal(got.slots, plain.slots) and got.generators == []
         assert got.indices == range(8 + 4 * k, 12 + 4 * k)  # (shapes frames are not levels of 255: float)
         n = plain.frames.shape[1]
-        again = loop.draw_randomness(plain.generators, 4, {m: (n, trainer.codec.dims[m]) for m in ("video", "audio")},
+        again = objective.draw_randomness(plain.generators, 4, {m: (n, trainer.codec.dims[m]) for m in ("video", "audio")},
                                      cfg.objective, timeline=spec.timeline)  # .. with its generators' draws
         for field in ("keep_prompt", "cross_modal", "keep_timeline"):
             a, b = getattr(got.draws, field), getattr(again, field)
@@ -312,7 +318,7 @@ def test_resume_trains_at_the_changed_peak_lr(tmp_path):
 
 
 def test_non_finite_loss_skips_the_update_and_is_logged(tmp_path, monkeypatch):
-    real_load = loop.load_batch
+    real_load = tdata.load_batch
 
     def poisoned_step_2(ds, order, indices, seed, device, *rest):
         batch = real_load(ds, order, indices, seed, device, *rest)
@@ -320,7 +326,7 @@ def test_non_finite_loss_skips_the_update_and_is_logged(tmp_path, monkeypatch):
             batch.audio[0, 100] = float("nan")
         return batch
 
-    monkeypatch.setattr(loop, "load_batch", poisoned_step_2)
+    monkeypatch.setattr(tdata, "load_batch", poisoned_step_2)
     result = train(tiny(steps=3, ckpt_every=1, keep_last=5), tmp_path / "run", device="cpu", progress_bar=False)
     assert result.skipped_steps == 1
     run = tmp_path / "run"
@@ -329,14 +335,14 @@ def test_non_finite_loss_skips_the_update_and_is_logged(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(weights(run, 1, "ema.").values(), weights(run, 2, "ema.").values()))
     assert not all(torch.equal(before[k], weights(run, 3)[k]) for k in before)  # training went on
     skipped = [m for m in metrics(run) if m.get("skipped")]
-    assert [m["step"] for m in skipped] == [2] and skipped[0]["loss"] == "nan"
+    assert [m["step"] for m in skipped] == [2] and skipped[0]["loss"] is None  # strict JSON: NaN is null
     assert read_checkpoint(checkpoint_path(run, 3))[1]["progress"] == {"step": 3, "data_position": 12,
                                                                         "skipped_steps": 1}
 
 
 @pytest.mark.slow
 def test_sample_clips_are_written_during_training(tmp_path):
-    train(tiny(steps=2, sample_every=2), tmp_path / "run", device="cpu", progress_bar=False)
+    api_training.train(tiny(steps=2, sample_every=2), tmp_path / "run", device="cpu", progress_bar=False)
     folder = tmp_path / "run" / "samples" / "step-00000002"
     assert len(list(folder.glob("*.mp4"))) == 2 and len(list(folder.glob("*.png"))) == 2
     last = metrics(tmp_path / "run")[-1]
@@ -349,10 +355,10 @@ def test_quick_eval_figures_separate_synced_from_shifted_clips():
     ds = make_dataset("shapes", spec=ClipSpec())
     clips = [ds[i] for i in range(4)]
     frame_ms = 1000 / 16
-    synced = loop.quick_eval_figures(clips)
+    synced = api_training.quick_eval_figures(clips)
     for clip in clips:  # audio three frames late
         clip.audio = np.roll(clip.audio, 3 * len(clip.audio) // clip.num_frames)
-    shifted = loop.quick_eval_figures(clips)
+    shifted = api_training.quick_eval_figures(clips)
     assert synced["abs_av_offset_ms"] < frame_ms / 2
     assert abs(shifted["abs_av_offset_ms"] - 3 * frame_ms) < frame_ms / 2
     assert synced["av_onset_f1"] >= shifted["av_onset_f1"] + 0.5
@@ -405,13 +411,13 @@ def test_init_from_starts_from_exported_weights_and_keeps_their_shape(trained_ru
     run = tmp_path / "finetune"
     cfg, _, trainer, progress = loop.setup_training(other_size, run, False, tmp_path / "weights", None, CPU,
                                                     lambda msg: None)
-    assert progress == loop.Progress()
+    assert progress == state.Progress()
     assert cfg.model == tiny().model  # the pretrained network's size wins over the preset's
     exported = AVGenPipeline.from_pretrained(tmp_path / "weights", local_files_only=True).transformer
     assert all(torch.equal(v, exported.state_dict()[k]) for k, v in trainer.model.state_dict().items())
     train(other_size, run, init_from=tmp_path / "weights", device="cpu", progress_bar=False)
-    assert loop.read_run_config(run).model == tiny().model
-    with pytest.raises(FileNotFoundError, match="no exported weights"):
+    assert record.read_run_config(run).model == tiny().model
+    with pytest.raises(FileNotFoundError, match="no model weights at"):
         train(tiny(), tmp_path / "bad", init_from=tmp_path, device="cpu", progress_bar=False)
 
 
@@ -435,7 +441,7 @@ def test_grow_depth_appends_identity_blocks_that_training_opens(trained_run, tmp
     result = train(tiny(steps=2), tmp_path / "grown", init_from=tmp_path / "weights", grow_depth=depth + 2,
                    device="cpu", progress_bar=False)
     trained, _ = model_from_checkpoint(result.checkpoint)
-    assert trained.config.depth == depth + 2 and loop.read_run_config(tmp_path / "grown").model.depth == depth + 2
+    assert trained.config.depth == depth + 2 and record.read_run_config(tmp_path / "grown").model.depth == depth + 2
     new_gate = trained.blocks[depth].ada["video"][-1].weight
     assert new_gate.abs().sum() > 0  # training opened the new blocks
     with pytest.raises(ValueError, match="deeper, not shallower"):
@@ -451,7 +457,7 @@ def test_cli_train_resume_and_export(tmp_path, capsys):
     assert cli(["train", "--preset", "tiny", "--out", run, "--steps", "2", "--device", "cpu", "--no-progress",
                 "--set", "ckpt_every=1"]) == 0
     assert cli(["train", "--out", run, "--resume", "--steps", "3", "--device", "cpu", "--no-progress"]) == 0
-    assert loop.read_run_config(run).steps == 3 and latest_checkpoint(run) == checkpoint_path(run, 3)
+    assert record.read_run_config(run).steps == 3 and latest_checkpoint(run) == checkpoint_path(run, 3)
     assert cli(["export", run, "--out", out]) == 0
     assert "step 3 EMA weights" in capsys.readouterr().out
     assert cli(["export", run, "--out", out]) == 2  # exists, no --force
@@ -477,34 +483,34 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- real data
 def test_augmentation_is_for_talking_digits_training_clips_only():
     with pytest.raises(ValueError, match="apply to talking-digits"):
-        loop.build_dataset(tiny(augment_speed=0.1))
-    assert loop.build_dataset(tiny(augment_speed=0.1), split="test").name == "shapes"  # never the test split
+        tdata.build_dataset(tiny(augment_speed=0.1))
+    assert tdata.build_dataset(tiny(augment_speed=0.1), split="test").name == "shapes"  # never the test split
 
 
 @pytest.mark.data
 def test_augmented_runs_keep_the_recorded_event_lengths_for_the_layout_prior(data_root):
     cfg = tiny().override({"dataset": "talking-digits", "augment_speed": 0.2, "augment_shift_px": 2,
                            "model.timeline_cond": True})
-    train_ds, test_ds = loop.build_dataset(cfg, data_root), loop.build_dataset(cfg, data_root, split="test")
+    train_ds, test_ds = tdata.build_dataset(cfg, data_root), tdata.build_dataset(cfg, data_root, split="test")
     assert (train_ds.augment_speed, train_ds.augment_shift_px) == (0.2, 2) and test_ds.augment_speed == 0
-    plain = loop.build_dataset(cfg.override({"augment_speed": 0.0, "augment_shift_px": 0}), data_root)
-    assert loop.layout_prior(train_ds, cfg, 200) == loop.layout_prior(plain, cfg, 200)
+    plain = tdata.build_dataset(cfg.override({"augment_speed": 0.0, "augment_shift_px": 0}), data_root)
+    assert surgery.layout_prior(train_ds, cfg, 200) == surgery.layout_prior(plain, cfg, 200)
 
 
 @pytest.mark.data
 @pytest.mark.slow
 def test_a_step_on_uint8_frames_is_the_step_on_their_floats(data_root):
     cfg = tiny().override({"dataset": "talking-digits"})
-    ds = loop.build_dataset(cfg, data_root)
+    ds = tdata.build_dataset(cfg, data_root)
     order = SampleOrder(len(ds), cfg.data_seed, shuffle=False)
     losses = []
     for unpack in (False, True):
         torch.manual_seed(0)
-        trainer = loop.Trainer.create(cfg, loop.build_model(cfg, ds), CPU)
-        batch = loop.load_batch(ds, order, range(4), cfg.seed, CPU.device, 1, trainer.draw_spec())
+        trainer = state.Trainer.create(cfg, surgery.build_model(cfg, ds), CPU)
+        batch = tdata.load_batch(ds, order, range(4), cfg.seed, CPU.device, 1, trainer.draw_spec())
         assert batch.frames.dtype == torch.uint8
         if unpack:
-            batch = dataclasses.replace(batch, frames=loop.unpack_frames(batch.frames))
+            batch = dataclasses.replace(batch, frames=tdata.unpack_frames(batch.frames))
         losses.append(trainer.step(batch, 0).loss)
     assert losses[0] == losses[1]
 

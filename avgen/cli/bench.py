@@ -1,26 +1,30 @@
 """`avgen bench --json OUT.json`: the speed of the denoising loop and of training on this machine."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from avgen.util import write_json
+
+# Heavy modules (torch, diffusers, gradio) are imported inside the functions that run the command,
+# so that building the parser (`avgen --help`) stays fast.
 
 
 def cmd_bench(args) -> int:
     from avgen.bench import BENCH_PRESETS, format_table, run_bench
+    from avgen.model.weights import check_weights_folder
 
     if args.preset not in BENCH_PRESETS:
         raise ValueError(f"unknown bench preset {args.preset!r}; choose one of {', '.join(BENCH_PRESETS)}")
     if args.json and Path(args.json).is_dir():
         raise ValueError(f"--json {args.json} is a directory; give a file name")
     if args.weights:
-        from avgen.train.checkpoint import check_weights_folder
-        check_weights_folder(args.weights)
+        check_weights_folder(args.weights)  # before minutes of timing the loop
     report = run_bench(BENCH_PRESETS[args.preset], device=args.device, weights=args.weights, captured=args.captured,
                        data_root=args.data_root)
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
 

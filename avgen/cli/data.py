@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
-from avgen.cli import SEED, number, whole
+from avgen.cli.args import SEED, number, whole
 from avgen.data import ClipSpec, make_dataset
+from avgen.util import dumps
 
 
 def add_dataset_args(p: argparse.ArgumentParser, default: str = "talking-digits") -> None:
@@ -80,7 +80,7 @@ def cmd_stats(args) -> int:
            "event_duration_s": {"median": float(np.median(durs)), "max": float(np.max(durs))} if durs else {}}
     if args.dataset == "talking-digits":
         out["trimming"] = trimming_report(ds.root)
-    print(json.dumps(out, indent=2))
+    print(dumps(out))
     return 0
 
 

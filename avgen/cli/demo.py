@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from avgen.cli.args import whole
+
+# Heavy modules (torch, diffusers, gradio) are imported inside the functions that run the command,
+# so that building the parser (`avgen --help`) stays fast.
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="serve the studio in the browser", description=__doc__)
@@ -24,19 +29,14 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
 
 
 def port_number(text: str) -> int:
-    from avgen.cli import whole
-
     return whole(1, 65535)(text)
 
 
 def run(args) -> int:
     import avgen.demo  # noqa: F401  (offline settings before Gradio is imported)
     from avgen.demo.app import build_app, launch
-    from avgen.model.pipeline import DEFAULT_WEIGHTS
     from avgen.seeds import DEFAULT_SEEDS_DIR
-    from avgen.train.checkpoint import check_weights_folder
 
-    check_weights_folder(args.weights or DEFAULT_WEIGHTS)  # a bad file is named here, not deep in diffusers
     app = build_app(weights=args.weights, device=args.device, seeds_dir=args.seeds or DEFAULT_SEEDS_DIR)
     launch(app, host=args.host, port=args.port, share=args.share)
     return 0

@@ -17,13 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-from avgen.cli import SEED, UsageError, add_guidance_interval, add_postfilter_flag, add_timeline_flag, interval_arg, timeline_arg, number, whole
+from avgen.cli.args import SEED, UsageError, add_settings, number, settings_from_args, whole
+from avgen.model.config import DEFAULT_WEIGHTS
+
+# Heavy modules (torch, the suite, the model) are imported inside the functions that run, so that
+# building the parser (`avgen --help`) stays fast.
+OPTIONS = ("steps", "sampler", "guidance_scale", "audio_guidance_scale", "modality_scale", "guidance_interval",
+           "timeline", "postfilter", "device")  # the generation settings of `--generate`
 
 
 def register(sub) -> None:
-    from avgen.model.pipeline import GenerateSettings
-
-    d = GenerateSettings()  # --generate defaults are the library's (and the demo's)
     p = sub.add_parser("eval", help="measure AV sync and consistency of video files, dataset controls or a model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="video files with sound, or folders of them")
@@ -57,23 +60,15 @@ def register(sub) -> None:
                    help="generate N clips and evaluate them")
     g.add_argument("--weights", default=None,
                    help="model weights folder (for --generate, or the codec of --codec-roundtrip)")
-    g.add_argument("--steps", type=whole(1, 1000), default=d.steps, help="sampling steps (for --generate)")
     g.add_argument("--duration", type=number(0.25, 60.0), default=None,
                    help="seconds per generated clip (default: the model's training duration)")
     g.add_argument("--mode", choices=["t2av", "a2v", "v2a"], default="t2av",
                    help="t2av: from random prompts; a2v / v2a: from real test clips' audio / video, scored "
                    "against their prompts")
     g.add_argument("--no-prompt", action="store_true",
-                   help="a2v / v2a with the null prompt: the given modality alone must carry the meaning")
-    g.add_argument("--sampler", default=d.sampler, help="sampler for --generate (euler, heun, dpm++)")
-    g.add_argument("--guidance-scale", type=number(0.0, 100.0), default=d.guidance_scale)
-    g.add_argument("--audio-guidance-scale", type=number(0.0, 100.0), default=None)
-    g.add_argument("--modality-scale", type=number(0.0, 100.0), default=d.modality_scale,
-                   help="guidance away from the pass without the cross-modal path (1 = off)")
-    add_guidance_interval(g)
-    add_timeline_flag(g)
-    add_postfilter_flag(g)
-    g.add_argument("--device", default="auto")
+                   help="the null prompt: a2v / v2a scored against the real clip's prompt (the given modality "
+                   "alone must carry the meaning); t2av unconditional, scored for AV agreement, sync and counts")
+    add_settings(g, OPTIONS)
     p.add_argument("--judges", default=None, help="judges folder (default: weights/judges), or 'shapes' for the "
                    "shapes template judges (automatic with --dataset shapes)")
     p.add_argument("--no-judges", action="store_true", help="skip digit reading and Frechet")
@@ -106,9 +101,6 @@ def mode_of(args) -> str:
             raise UsageError(f"--denoise-error needs clips with events; {args.dataset} has none")
         if args.json is not None and args.json.is_dir():
             raise UsageError(f"--json {args.json} is a directory; give a file name")
-        if args.weights is not None:
-            from avgen.train.checkpoint import check_weights_folder
-            check_weights_folder(args.weights)
         return "denoise"
     if controls and mode != "dataset":
         raise UsageError("--shift-ms, --swap-audio, --random-events, --corrupt, --codec-roundtrip and --renoise "
@@ -133,13 +125,8 @@ def mode_of(args) -> str:
         raise UsageError("--no-postfilter applies to --generate (re-noised clips are always decoded without it)")
     if (args.mode != "t2av" or args.no_prompt) and mode != "generate":
         raise UsageError("--mode and --no-prompt apply to --generate")
-    if args.no_prompt and args.mode == "t2av":
-        raise UsageError("--no-prompt needs --mode a2v or v2a (t2av from no prompt has nothing to score)")
     if args.json is not None and args.json.is_dir():
         raise UsageError(f"--json {args.json} is a directory; give a file name such as {args.json / 'eval.json'}")
-    if mode == "generate" or (through_model and args.weights is not None):
-        from avgen.train.checkpoint import check_weights_folder
-        check_weights_folder(args.weights)
     return mode
 
 
@@ -177,17 +164,15 @@ def run(args) -> int:
 
 def denoise_report(args) -> int:
     """--denoise-error: the table, and the JSON with what was measured on what."""
-    import json
-
     from avgen.data import make_dataset
     from avgen.eval.denoise import LEVELS, dataset_denoise_error, format_table
     from avgen.model.config import spec_from_dict
     from avgen.model.device import resolve_device
-    from avgen.model.pipeline import DEFAULT_WEIGHTS
-    from avgen.train.loop import load_weights_folder
+    from avgen.model.weights import load_network
+    from avgen.util import write_json
 
     weights = args.weights or DEFAULT_WEIGHTS
-    model = load_weights_folder(weights).eval().to(resolve_device(args.device))
+    model = load_network(weights).eval().to(resolve_device(args.device))
     ds = make_dataset(args.dataset, split=args.split, seed=args.seed, spec=spec_from_dict(model.config.clip_spec),
                       data_root=args.data_root)  # rendered at the model's own clip spec
     t0 = time.time()
@@ -199,7 +184,7 @@ def denoise_report(args) -> int:
         record = {"mode": "denoise", "weights": str(weights), "dataset": args.dataset, "split": args.split,
                   "n": args.n, "seed": args.seed, "levels": list(LEVELS), "x0_error": errors, "argv": sys.argv[1:]}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
 
@@ -230,31 +215,25 @@ def evaluate_and_report(args, mode: str) -> int:
 
 def collect_items(args, mode: str, work: Path, meta: dict) -> list:
     """The files to evaluate: given ones, or dataset / generated clips written to `work`."""
+    from avgen.api.evaluate import generated_items
     from avgen.eval import suite
+    from avgen.model.pipeline import load_pipeline
 
     if mode == "files":
         return suite.file_items(args.paths, suite.read_manifest(args.prompts) if args.prompts else None)
     if mode == "dataset":
-        codec = None
-        if args.codec_roundtrip or args.renoise is not None:
-            from avgen.model.pipeline import DEFAULT_WEIGHTS
-            codec = str(args.weights or DEFAULT_WEIGHTS)
+        codec = str(args.weights or DEFAULT_WEIGHTS) if args.codec_roundtrip or args.renoise is not None else None
         control = suite.Control(args.shift_ms, args.swap_audio, args.random_events, args.corrupt, codec, args.renoise)
         meta.update(dataset=args.dataset, split=args.split, control=control.describe())
         return suite.dataset_items(args.dataset, args.split, args.n, work / "clips", control, args.seed, args.data_root)
-    from avgen.model.pipeline import AVGenPipeline
-
+    settings = settings_from_args(args, seed=args.seed, mode=args.mode, duration=args.duration)
+    pipe = load_pipeline(args.weights, settings.device)  # the weights are checked once, here
+    pipe.set_progress_bar_config(disable=True)
     meta.update(weights=str(args.weights), dataset=reference_name(args), generate_mode=args.mode,
-                postfilter=AVGenPipeline.postfilter_record(args.weights, args.postfilter, args.mode),
-                prompt=not args.no_prompt)
-    return suite.generated_items(args.weights, args.generate, work / "generated", args.seed, reference_name(args),
-                                 args.steps, args.device, args.data_root, args.duration, sampler=args.sampler,
-                                 guidance_scale=args.guidance_scale, audio_guidance_scale=args.audio_guidance_scale,
-                                 modality_scale=args.modality_scale,
-                                 guidance_interval=interval_arg(args), timeline=timeline_arg(args),
-                                 postfilter=args.postfilter,
-                                 mode=args.mode,
-                                 prompt=not args.no_prompt)
+                postfilter=pipe.postfilter_record(settings.postfilter, settings.mode), prompt=not args.no_prompt,
+                settings=settings.to_dict())
+    return generated_items(pipe, settings, args.generate, work / "generated", reference_name(args), args.data_root,
+                           prompt=not args.no_prompt)
 
 
 def reference_name(args) -> str:

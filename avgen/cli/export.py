@@ -1,11 +1,15 @@
 """`avgen export RUN_DIR --out weights/NAME`: a run's EMA weights as the folder `--weights` takes."""
 from __future__ import annotations
 
+from avgen.cli.args import UsageError, number
+from avgen.train.config import EXPORT_DTYPES, FP16_TOLERANCE
+
+# Heavy modules (torch, diffusers, gradio) are imported inside the functions that run the command,
+# so that building the parser (`avgen --help`) stays fast.
+
+
 
 def register(subparsers) -> None:
-    from avgen.cli import number
-    from avgen.train.export import DTYPES, FP16_TOLERANCE
-
     p = subparsers.add_parser("export", help="turn a training run into a weights folder",
                               description="Export the EMA weights of a run's newest (or a named) checkpoint as a "
                               "diffusers pipeline folder that `avgen generate --weights` and "
@@ -13,7 +17,7 @@ def register(subparsers) -> None:
     p.add_argument("run_dir", help="training run folder (made by `avgen train`)")
     p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/avgen")
     p.add_argument("--checkpoint", default=None, help="a checkpoint file (default: the run's newest)")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES),
+    p.add_argument("--dtype", default="float32", choices=list(EXPORT_DTYPES),
                    help="stored weight type; float16 only if outputs change by at most --fp16-tolerance")
     p.add_argument("--fp16-tolerance", type=number(0.0), default=FP16_TOLERANCE,
                    help="max abs change of the network's outputs allowed for float16 (default: %(default)g)")
@@ -22,7 +26,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from avgen.cli import UsageError
     from avgen.train.export import export_run
 
     try:

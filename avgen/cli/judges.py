@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from avgen.cli.args import SEED, whole
+
+# Heavy modules (torch, diffusers, gradio) are imported inside the functions that run the command,
+# so that building the parser (`avgen --help`) stays fast.
+
 
 def register(sub) -> None:
-    from avgen.cli import SEED, whole
-
     p = sub.add_parser("judges", help="train the digit judges used by `avgen eval`")
     jsub = p.add_subparsers(dest="judges_command", metavar="ACTION")
     jsub.required = True

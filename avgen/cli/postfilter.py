@@ -1,5 +1,5 @@
 """`avgen postfilter --weights DIR`: fit the spectral-detail postfilter for a weights folder (thin layer
-over `avgen.model.postfilter.fit_postfilter`) and store it as DIR/postfilter, where `load_pipeline`, and
+over `avgen.api.postfilter.fit_postfilter`) and store it as DIR/postfilter, where `load_pipeline`, and
 so `avgen generate`, `avgen eval --generate` and the demo, pick it up.
 
     avgen postfilter --weights weights/avgen              # 160 + 160 clips, a few minutes on a CPU
@@ -13,14 +13,18 @@ from the evaluation's seeds 0-499 and every screen), in the codec's audio featur
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from avgen.cli.args import SEED, UsageError, number, whole
+from avgen.model.config import DEFAULT_WEIGHTS, PostfilterConfig
+from avgen.util import dumps
+
+# Heavy modules (torch, diffusers, gradio) are imported inside the functions that run the command,
+# so that building the parser (`avgen --help`) stays fast.
 
 
 def odd(text: str) -> int:
     """argparse type: an odd whole number in [1, 63], a centred moving average's width in bins."""
-    from avgen.cli import whole
-
     value = whole(1, 63)(text)
     if value % 2 == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is even; a centred moving average needs an odd width")
@@ -28,10 +32,6 @@ def odd(text: str) -> int:
 
 
 def register(subparsers) -> None:
-    from avgen.cli import SEED, number, whole
-    from avgen.model.postfilter import PostfilterConfig
-    from avgen.model.pipeline import DEFAULT_WEIGHTS
-
     p = subparsers.add_parser("postfilter", help="fit the audio postfilter of a weights folder",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="weights folder (default: %(default)s)")
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--strength", type=number(0.0, 10.0), default=PostfilterConfig.strength,
                    help="store this strength: the filter applies 1 + STRENGTH * (fitted gain - 1) (default: %(default)s, "
                    "the variance matched in the model's features; Griffin-Lim smooths some of it away again, and the "
-                   "shipped weights use 2.5, chosen on held-out clips: weights/README.md)")
+                   "shipped weights use 2.5, chosen on held-out clips: docs/experiments.md)")
     p.add_argument("--width", type=odd, default=PostfilterConfig.width,
                    help="bins of the moving average along frequency that defines each frame's envelope; the detail "
                    "around it is what the filter scales (default: %(default)s)")
@@ -58,10 +58,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from avgen.cli import UsageError
+    from avgen.api.postfilter import fit_postfilter
     from avgen.model.pipeline import load_pipeline
-    from avgen.model.postfilter import FOLDER, PostfilterConfig, PostfilterError, SpectralPostfilter, fit_postfilter
-    from avgen.train.checkpoint import check_weights_folder
+    from avgen.model.postfilter import FOLDER, PostfilterError, SpectralPostfilter
 
     out = args.out or args.weights / FOLDER
     if args.show or args.set_strength is not None:
@@ -74,8 +73,8 @@ def run(args) -> int:
             post.with_strength(args.set_strength).save(out)
             print(f"{out}: strength {post.cfg.strength:g} -> {args.set_strength:g}")
             return 0
-        print(json.dumps({"folder": str(out), "bins": post.bins, "width": post.cfg.width, "smooth": post.cfg.smooth,
-                          "strength": post.cfg.strength, **post.cfg.fit}, indent=2))
+        print(dumps({"folder": str(out), "bins": post.bins, "width": post.cfg.width, "smooth": post.cfg.smooth,
+                          "strength": post.cfg.strength, **post.cfg.fit}))
         return 0
     if out.exists() and not args.force:
         raise UsageError(f"{out} exists; pass --force to replace it")
@@ -83,7 +82,6 @@ def run(args) -> int:
         raise UsageError(f"--out {out} is a file; give a folder")
     if args.seed + args.n - 1 >= 2 ** 63:
         raise UsageError(f"--seed {args.seed} leaves no room for {args.n} clips (clip i uses seed + i)")
-    check_weights_folder(args.weights)
     pipe = load_pipeline(args.weights, args.device, postfilter=False)  # a broken old one must not stop a refit
     pipe.set_progress_bar_config(disable=True)
     cfg = PostfilterConfig(width=args.width, smooth=args.smooth)  # strength 1: valid for any fitted gains

@@ -7,14 +7,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
+from avgen.cli.args import whole
+from avgen.model.config import DEFAULT_WEIGHTS
+from avgen.util import write_json
+
+# Heavy modules (torch, diffusers, gradio) are imported inside the functions that run the command,
+# so that building the parser (`avgen --help`) stays fast.
+
 
 def register(subparsers) -> None:
-    from avgen.cli import whole
-
     p = subparsers.add_parser("seeds", help="curate and check the demo's preset seeds", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="seeds_command", metavar="ACTION")
@@ -62,10 +66,8 @@ def _metrics_fn(args):
 
 
 def _pipeline(args):
-    from avgen.model.pipeline import DEFAULT_WEIGHTS, load_pipeline
-    from avgen.train.checkpoint import check_weights_folder
+    from avgen.model.pipeline import load_pipeline
 
-    check_weights_folder(args.weights or DEFAULT_WEIGHTS)
     pipe = load_pipeline(args.weights or DEFAULT_WEIGHTS, args.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -80,7 +82,7 @@ def run_measure(args) -> int:
     pipe, metrics_fn = _pipeline(args), _metrics_fn(args)
     missed = 0
     for prompt, first_seed, settings in todo:
-        pipe.parse_prompts(prompt)  # an unknown label fails here, before any sampling
+        pipe.vocabulary.parse(prompt)  # an unknown label fails here, before any sampling
         got = seeds.curate(pipe, prompt, settings, first_seed, args.tries, args.device, metrics_fn, log=print)
         if got.failures and not args.allow_below_bar:
             missed += 1
@@ -104,7 +106,7 @@ def run_check(args) -> int:
               + (f" (recorded below the bar: {'; '.join(r.preset.bar_failures())})" if r.preset.bar_failures() else ""))
     if args.json:
         measured = {r.preset.name: {k: v if math.isfinite(v) else None for k, v in r.measured.items()} for r in results}
-        args.json.write_text(json.dumps(measured, indent=2))
+        write_json(args.json, measured)
     return 1 if any(r.problems for r in results) else 0
 
 

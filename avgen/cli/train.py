@@ -1,4 +1,5 @@
-"""`avgen train`: train (or continue) a run; a thin layer over `avgen.train.train`.
+"""`avgen train`: train (or continue) a run; a thin layer over `avgen.api.training.train` (the loop, with
+sample clips and held-out validation as callbacks).
 
     avgen train --preset shapes-cpu --out runs/shapes            # dataset from the preset
     avgen train --dataset talking-digits --preset digits-cpu --out runs/digits --set lr=2e-4
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from avgen.cli.args import UsageError, number, whole
+from avgen.model.config import DEVICES
+from avgen.train.config import TRAIN_PRESETS, preset
+
+# Heavy modules (torch, diffusers, gradio) are imported inside the functions that run the command,
+# so that building the parser (`avgen --help`) stays fast.
 
 
 def register(subparsers) -> None:
-    from avgen.cli import number, whole
-    from avgen.model.device import DEVICES
-    from avgen.train.config import TRAIN_PRESETS
-
     p = subparsers.add_parser("train", help="train a joint audio-video model",
                               description="Train the joint audio-video model. The resolved config, checkpoints, "
                               "metrics.jsonl and sample clips go to the run folder (--out).",
@@ -55,9 +60,7 @@ def register(subparsers) -> None:
 
 def resolve_config(args):
     """The config this invocation trains with: a preset + overrides, or the resumed run's own."""
-    from avgen.cli import UsageError
-    from avgen.train.config import preset
-    from avgen.train.loop import read_run_config
+    from avgen.train.record import read_run_config
 
     if args.preset is not None:
         cfg = preset(args.preset)
@@ -74,16 +77,13 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
-    from avgen.cli import UsageError
-    from avgen.train.checkpoint import check_weights_folder
-    from avgen.train.loop import train
+    from avgen.api.training import train
+    from avgen.model.weights import check_weights_folder
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file; a run is a folder")
     if args.init_from is not None:
-        check_weights_folder(args.init_from)
+        check_weights_folder(args.init_from)  # before the run folder is made
     elif args.grow_depth is not None:
         raise UsageError("--grow-depth grows a pretrained model: give it with --init-from WEIGHTS_DIR")
     cfg = resolve_config(args)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from .clip import Clip, ClipSpec, Event
 from .events import EventDataset
+from .folder import FolderDataset
+from .shapes import Shapes
 from .sources import SourceError, default_data_root
+from .talking_digits import TalkingDigits
 
 DATASETS = ("talking-digits", "shapes", "folder:PATH")
 
@@ -15,13 +18,10 @@ def make_dataset(name: str, split: str = "train", seed: int = 0, spec: ClipSpec 
                  data_root=None, **kwargs):
     """Build a dataset by name. Raises ValueError for an unknown name."""
     if name == "talking-digits":
-        from .talking_digits import TalkingDigits
         return TalkingDigits(split=split, seed=seed, spec=spec, data_root=data_root, **kwargs)
     if name == "shapes":
-        from .shapes import Shapes
         return Shapes(split=split, seed=seed, spec=spec, **kwargs)
     if name.startswith("folder:"):
-        from .folder import FolderDataset
         return FolderDataset(name[len("folder:"):], split=split, seed=seed, spec=spec, **kwargs)
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clip import Clip, ClipSpec, Event
+from .prompt import Vocabulary
 
 SPLIT_CODE = {"train": 0, "test": 1}
 
@@ -115,15 +116,13 @@ class EventDataset:
     def rng(self, index: int, salt: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, SPLIT_CODE[self.split], int(index), salt])
 
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.vocab, self.max_events)
+
     def parse_prompt(self, prompt: str) -> list[str]:
-        """Split a prompt into vocabulary labels; ValueError names any unknown word."""
-        words = prompt.split()
-        bad = [w for w in words if w not in self.vocab]
-        if bad:
-            raise ValueError(f"unknown label(s) {bad} in prompt {prompt!r}; {self.name} knows {list(self.vocab)}")
-        if len(words) > self.max_events:
-            raise ValueError(f"prompt {prompt!r} has {len(words)} events; at most {self.max_events} fit a clip")
-        return words
+        """A prompt's labels, read by the one prompt rule (`avgen.data.prompt`); PromptError otherwise."""
+        return list(self.vocabulary.parse(prompt).labels)
 
     def random_labels(self, rng: np.random.Generator) -> list[str]:
         k = int(rng.integers(1, self.max_events + 1))

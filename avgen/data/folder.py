@@ -23,6 +23,7 @@ import numpy as np
 from .clip import Clip, ClipSpec
 from .events import SPLIT_CODE
 from .io import VIDEO_EXTS, AVReadError, conform, decode_av
+from .prompt import split_words
 
 MAX_CAPTION_WORDS = 16
 
@@ -74,9 +75,9 @@ class FolderDataset:
         if not self.windows:
             raise ValueError(f"folder dataset {self.root}: no usable video file with sound of at least "
                              f"{self.spec.duration:g} s (found {len(files)} candidate file(s))")
-        words = sorted({w for win in self.windows for w in win.prompt.split()})
+        words = sorted({w for win in self.windows for w in split_words(win.prompt)})
         self.vocab = tuple(words)
-        self.max_events = max([len(w.prompt.split()) for w in self.windows] + [1])
+        self.max_events = max([len(split_words(w.prompt)) for w in self.windows] + [1])
         self.length = length or len(self.windows)
 
     # -- decoding + cache
@@ -127,7 +128,7 @@ class FolderDataset:
         caption = p.with_suffix(".txt")
         prompt = ""
         if caption.is_file():
-            prompt = " ".join(caption.read_text(encoding="utf-8", errors="replace").split()[:MAX_CAPTION_WORDS])
+            prompt = " ".join(split_words(caption.read_text(encoding="utf-8", errors="replace"))[:MAX_CAPTION_WORDS])
         for k in range(len(frames) // n):
             self.windows.append(Window(p, k * n, prompt))
 
@@ -139,7 +140,8 @@ class FolderDataset:
         return self.clip(index)
 
     def parse_prompt(self, prompt: str) -> list[str]:
-        return prompt.split()[:MAX_CAPTION_WORDS]
+        """A caption's words (the prompt rule's separators; the vocabulary is the captions' own words)."""
+        return split_words(prompt)[:MAX_CAPTION_WORDS]
 
     def clip(self, index: int, labels=None) -> Clip:
         w = self.windows[int(index) % len(self.windows)]

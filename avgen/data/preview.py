@@ -8,6 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from .clip import Clip
+from avgen.util import write_json
+
+from .io import write_mp4
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only backend. Imported when a figure is drawn, not with this
+    module: it takes about a second, and most users of clips draw none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def spectrogram_db(audio: np.ndarray, sr: int, n_fft: int = 256, hop: int | None = None) -> np.ndarray:
@@ -21,10 +35,7 @@ def spectrogram_db(audio: np.ndarray, sr: int, n_fft: int = 256, hop: int | None
 
 
 def render_sheet(clip: Clip, path, detected: dict | None = None, title: str | None = None) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     dur = clip.duration
     strip = np.concatenate(list(clip.frames), axis=1)  # (H, T*W, C)
     strip = strip[..., 0] if strip.shape[2] == 1 else strip
@@ -62,9 +73,6 @@ def render_sheet(clip: Clip, path, detected: dict | None = None, title: str | No
 
 def write_preview(dataset, n: int, out_dir, scale: int = 8, start: int = 0) -> list[Path]:
     """Write clips start..start+n-1 of a dataset as mp4 + PNG sheet (+ clip.json); returns the paths."""
-    from .io import write_mp4
-    import json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -73,7 +81,6 @@ def write_preview(dataset, n: int, out_dir, scale: int = 8, start: int = 0) -> l
         stem = out / f"clip_{i:04d}"
         write_mp4(clip, stem.with_suffix(".mp4"), scale=scale)
         render_sheet(clip, stem.with_suffix(".png"))
-        stem.with_suffix(".json").write_text(json.dumps(
-            {"prompt": clip.prompt, "events": clip.truth(), "meta": clip.meta}, indent=2, default=str))
+        write_json(stem.with_suffix(".json"), {"prompt": clip.prompt, "events": clip.truth(), "meta": clip.meta})
         written += [stem.with_suffix(".mp4"), stem.with_suffix(".png")]
     return written

@@ -12,8 +12,7 @@ quiet lead-in and tails, so an event is the *voiced part* of a recording:
 
 Augmentation (training only, off by default; `TrainConfig.augment_speed` / `augment_shift_px`): the
 train split has 2,700 recordings and 8,000 digit images, and a model trained long enough memorises
-the recordings (measured: session 15's GPU run, `avgen eval --denoise-error` on train against test
-clips). `augment_speed=a` plays each event's voiced segment at a speed drawn log-uniformly in
+the recordings (`avgen eval --denoise-error` on train against test clips; docs/experiments.md). `augment_speed=a` plays each event's voiced segment at a speed drawn log-uniformly in
 [1/(1+a), 1+a] (tempo and pitch together, as speech recognisers' speed perturbation does), so the
 event lasts 1/speed as long; `augment_shift_px=s` moves each digit image by up to s pixels each way.
 The draws come after a clip's own, so with both at 0 every clip is what it was.
@@ -21,9 +20,12 @@ The draws come after a clip's own, so with both at 0 every clip is what it was.
 from __future__ import annotations
 
 import functools
+from math import gcd
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from scipy.signal import resample_poly
 
 from .clip import ClipSpec
 from .events import Asset, EventDataset, fade, fit_to_frames
@@ -52,8 +54,6 @@ def voiced_span(x: np.ndarray, sr: int, db: float = TRIM_DB, win_s: float = TRIM
 def resample(x: np.ndarray, sr: int, target: int) -> np.ndarray:
     if sr == target:
         return x
-    from scipy.signal import resample_poly
-    from math import gcd
     g = gcd(sr, target)
     return resample_poly(x, target // g, sr // g).astype(np.float32)
 
@@ -91,7 +91,6 @@ def place_digit(img28: np.ndarray, spec: ClipSpec) -> np.ndarray:
     img = img28.astype(np.float32) / 255.0
     side = min(spec.height, spec.width) * 28 // 32
     if side != 28:
-        from PIL import Image
         img = np.asarray(Image.fromarray(img28).resize((side, side), Image.BILINEAR), np.float32) / 255.0
     frame = np.zeros((spec.height, spec.width), np.float32)
     top, left = (spec.height - side) // 2, (spec.width - side) // 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import re
 import shutil
 import signal
 import tempfile
@@ -21,12 +22,27 @@ from pathlib import Path
 
 import gradio as gr
 
-from avgen.demo.inputs import DemoLimits, describe_vocab
-from avgen.demo.studio import DEVICE_CHOICES, Studio, StudioStopped, json_safe, report_markdown
-from avgen.model.pipeline import default_interval
+from avgen.api.settings import SETTINGS, GenerateSettings
+from avgen.demo.inputs import DemoLimits
+from avgen.demo.studio import DEVICE_CHOICES, Studio, StudioStopped, report_json, report_markdown
+from avgen.model.config import default_interval
 from avgen.seeds import DEFAULT_SEEDS_DIR, SeedPreset, load_presets
 
 MODES = [("text → audio + video", "t2av"), ("audio → video", "a2v"), ("video → audio", "v2a")]
+# The player's controls stay visible (Gradio shows them only while the pointer is over the video, so a
+# finished clip looked like a still picture with nothing to press).
+POSTER_JS = """(report) => {
+    const v = document.querySelector('#result-video video');
+    const events = report && report.video_events_s;
+    if (v && events && events.length) {
+        const seek = () => { v.currentTime = (events[0][0] + events[0][1]) / 2; };
+        if (v.readyState >= 1) seek(); else v.addEventListener('loadedmetadata', seek, {once: true});
+    }
+    return [];
+}"""
+CSS = """
+#result-video .controls { opacity: 1 !important; }
+"""
 MAX_QUEUE = 32  # people waiting beyond this are told the studio is busy instead of waiting for minutes
 INTRO = """# avgen studio
 One diffusion model makes a short video **and** its soundtrack together. Type up to {max_events} digits
@@ -74,7 +90,7 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, sha
     try:
         return app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.avgen_workdir)],
                           max_file_size=f"{limits.max_upload_mb}mb", show_error=True, ssr_mode=False,
-                          run_history=False, enable_monitoring=False, **kwargs)
+                          run_history=False, enable_monitoring=False, css=CSS, **kwargs)
     finally:
         if not kwargs.get("prevent_thread_lock"):  # the call served until it was stopped: this is shutdown
             app.avgen_studio.stop()
@@ -115,38 +131,40 @@ def _temp_workdir() -> Path:
 
 
 # ----------------------------------------------------------------------------- the page
-def _inputs(studio: Studio, device: str) -> dict:
-    from avgen.model.pipeline import GenerateSettings
+def _slider(name: str, value, label: str, step: float, **kw) -> gr.Slider:
+    """A slider over one setting's limits in the settings table (the command line's, too)."""
+    s = SETTINGS[name]
+    return gr.Slider(s.lo, s.hi, value=value, step=step, label=label, info=s.help, **kw)
 
+
+def _inputs(studio: Studio, device: str) -> dict:
     d, lim = GenerateSettings(), studio.limits
     ins = {"mode": gr.Radio(MODES, value="t2av", label="mode")}
     ins["prompt"] = gr.Textbox(label="prompt", placeholder="3 1 4", max_lines=1, elem_id="prompt",
-                               info=f"{describe_vocab(studio.vocab)}, at most {studio.max_events}; "
-                                    "empty = unconditional")
+                               info=f"{studio.pipe.vocabulary.describe()}, at most {studio.max_events}, separated "
+                                    "by spaces or commas; empty = unconditional")
     ins["audio"] = gr.Audio(sources=["upload", "microphone"], type="filepath", visible=False,
                             label=f"sound for the picture to follow (at most {lim.max_upload_s:g} s)")
     ins["video"] = gr.Video(sources=["upload"], visible=False,
                             label=f"video for the sound to follow (at most {lim.max_upload_s:g} s)")
     with gr.Row(equal_height=True):
-        ins["seed"] = gr.Number(value=d.seed, precision=0, minimum=0, label="seed", scale=4, elem_id="seed")
+        ins["seed"] = gr.Number(value=d.seed, precision=0, minimum=SETTINGS["seed"].lo, label="seed", scale=4,
+                                elem_id="seed")
         ins["dice"] = gr.Button("🎲 roll", scale=1, min_width=64, elem_id="dice")
     with gr.Accordion("settings", open=False):
-        ins["steps"] = gr.Slider(lim.min_steps, lim.max_steps, value=d.steps, step=1, label="steps",
-                                 elem_id="steps")
-        ins["guidance"] = gr.Slider(0.0, lim.max_guidance, value=d.guidance_scale, step=0.1,
-                                    label="video guidance (1 = off)")
+        ins["steps"] = _slider("steps", d.steps, "steps", 1, elem_id="steps")
+        ins["guidance"] = _slider("guidance_scale", d.guidance_scale, "video guidance", 0.1)
         audio_default = d.guidance_scale if d.audio_guidance_scale is None else d.audio_guidance_scale
-        ins["audio_guidance"] = gr.Slider(0.0, lim.max_guidance, value=audio_default, step=0.1,
-                                          label="audio guidance (1 = off)")
-        ins["modality"] = gr.Slider(0.0, lim.max_guidance, value=d.modality_scale, step=0.1,
-                                    label="modality scale: pull each stream towards the other (1 = off)")
+        ins["audio_guidance"] = _slider("audio_guidance_scale", audio_default, "audio guidance", 0.1)
+        ins["modality"] = _slider("modality_scale", d.modality_scale, "modality scale", 0.1)
         with gr.Row():
             lo, hi = default_interval(given=False)
             ins["guide_lo"] = gr.Slider(0.0, 1.0, value=lo, step=0.05,
                                         label="guidance acts from noise level")
             ins["guide_hi"] = gr.Slider(0.0, 1.0, value=hi, step=0.05,
                                         label="... up to noise level (1 = pure noise)")
-        ins["sampler"] = gr.Dropdown(list(studio.samplers), value=d.sampler, label="sampler")
+        ins["sampler"] = gr.Dropdown(list(SETTINGS["sampler"].choices), value=d.sampler, label="sampler",
+                                     info=SETTINGS["sampler"].help)
         has_postfilter = studio.pipe.postfilter is not None
         ins["postfilter"] = gr.Checkbox(value=d.postfilter and has_postfilter, interactive=has_postfilter,
                                         label="spectral-detail postfilter", elem_id="postfilter",
@@ -203,8 +221,15 @@ def _wire(studio: Studio, ins: dict, outs: dict) -> None:
     ins["mode"].change(show_upload, ins["mode"], [ins["audio"], ins["video"], ins["guide_lo"], ins["guide_hi"]],
                        api_visibility="private")
     ins["dice"].click(roll_seed, None, ins["seed"], api_visibility="private")
-    ins["run"].click(make_handler(studio), [ins[k] for k in GENERATE_INPUTS],
-                     [outs[k] for k in ("video", "audio", "figure", "report", "json")], api_name="generate")
+    results = [outs[k] for k in ("video", "audio", "figure", "report", "json")]
+    handler = make_handler(studio)
+    event = ins["run"].click(handler, [ins[k] for k in GENERATE_INPUTS], results, api_name="generate")
+    # the player rests on the middle of the first event the picture shows, not on the clip's first frame
+    # (blank until the first event): in the browser only, so API callers get plain outputs
+    event.success(None, outs["json"], None, js=POSTER_JS)
+    # a refused or failed request: its reason stays on the page where the clip would be (the toast fades),
+    # and the outputs show nothing instead of an unexplained "Error" badge each
+    event.failure(handler.explain_failure, None, results, api_visibility="private")
 
 
 def show_upload(mode: str):
@@ -223,10 +248,21 @@ def make_handler(studio: Studio):
 
     A generator: the clip goes to the page as soon as it is written, the sync report and the
     figure follow when measured (API callers get the final, complete outputs)."""
-    from avgen.model.pipeline import GenerateSettings
+    failures: dict[str, str] = {}  # session -> why its last request failed (read once by explain_failure)
+
+    def refuse(request: gr.Request | None, message: str) -> gr.Error:
+        if request is not None:
+            failures[request.session_hash] = message
+            while len(failures) > 1000:  # sessions that never asked again
+                failures.pop(next(iter(failures)))
+        return gr.Error(message, print_exception=False)
+
+    def explain_failure(request: gr.Request):
+        why = failures.pop(request.session_hash, "the request failed") if request is not None else "the request failed"
+        return None, None, None, f"**No clip:** {markdown_text(why)}", None
 
     def generate(mode, prompt, seed, steps, guidance, audio_guidance, modality, sampler, device, audio, video,
-                 guide_lo=None, guide_hi=None, postfilter=True, progress=gr.Progress()):
+                 guide_lo=None, guide_hi=None, postfilter=True, progress=gr.Progress(), request: gr.Request = None):
         interval = None if guide_lo is None or guide_hi is None else (guide_lo, guide_hi)  # None: the mode's default
         settings = GenerateSettings(prompt=prompt or "", seed=seed, steps=steps, sampler=sampler,
                                     guidance_scale=guidance, audio_guidance_scale=audio_guidance,
@@ -236,16 +272,23 @@ def make_handler(studio: Studio):
         say = lambda fraction, desc: progress(fraction, desc=desc)  # noqa: E731
         try:
             r = studio.make(settings, upload, progress=say)
-        except (ValueError, StudioStopped) as e:  # DemoInputError and the library's checks (the person can
-            raise gr.Error(str(e), print_exception=False) from None  # fix these), or the studio going down
+        except (ValueError, StudioStopped) as e:  # the library's checks (the person can fix these: prompt,
+            raise refuse(request, str(e)) from None  # settings, upload), or the studio going down
         for note in r.notes:
             gr.Info(note)
         yield str(r.video_path), str(r.audio_path), None, "*measuring sync...*", None
         try:
             r = studio.inspect(r, progress=say)
         except StudioStopped as e:  # the clip is on the page; the report will not come
-            raise gr.Error(str(e), print_exception=False) from None
-        yield (str(r.video_path), str(r.audio_path), str(r.figure_path),
-               report_markdown(r.report, r.seconds, r.notes), json_safe(r.report))
+            raise refuse(request, str(e)) from None
+        yield (str(r.video_path), str(r.audio_path), str(r.figure_path), report_markdown(r.report, r.seconds, r.notes),
+               report_json(r.report, r.settings))
 
+    generate.explain_failure = explain_failure
     return generate
+
+
+def markdown_text(text: str) -> str:
+    """`text` shown as itself in Markdown (no emphasis from the underscores of `guidance_scale`)."""
+    return re.sub(r"([\\`*_{}\[\]<>#|])", r"\\\1", text)
+

@@ -14,16 +14,27 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from avgen.api.generate import generate
+from avgen.api.settings import SETTINGS, GenerateSettings
 from avgen.data.clip import Clip
+from avgen.data.io import write_mp4, write_wav
+from avgen.data.preview import render_sheet
 from avgen.demo import inputs
 from avgen.demo.inputs import DemoInputError, DemoLimits
+from avgen.eval.judges import Judges
+from avgen.eval.suite import EvalConfig, analyse, judge_can_read, load_signal
+from avgen.model.config import DEFAULT_WEIGHTS
+from avgen.model.device import resolve_device
+from avgen.model.pipeline import load_pipeline
+from avgen.model.sampler import SAMPLERS
+from avgen.seeds import metrics_from_record
+from avgen.util import json_safe as strict
 
-MODES = ("t2av", "a2v", "v2a")  # text -> audio + video; audio -> video; video -> audio
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = SETTINGS["device"].choices
 
 Progress = Callable[[float, str], None]  # (fraction done, what is happening)
 
@@ -41,7 +52,7 @@ class StudioResult:
     clip: Clip
     video_path: Path  # mp4 with sound, upscaled for viewing
     audio_path: Path  # the sound alone (wav)
-    settings: object  # the GenerateSettings that made the clip
+    settings: GenerateSettings  # what made the clip
     notes: list[str] = field(default_factory=list)  # how uploads were fitted, for the person
     seconds: float = 0.0  # generation time (sampling + decoding), what the person waited for
     # filled in by Studio.inspect, after the clip is already on the page:
@@ -57,11 +68,9 @@ class Studio:
 
     def __init__(self, weights=None, device: str = "auto", workdir=None, limits: DemoLimits = DemoLimits(),
                  judges=None):
-        from avgen.model.pipeline import DEFAULT_WEIGHTS, load_pipeline
-
         self.weights = Path(weights or DEFAULT_WEIGHTS)
         self.limits = limits
-        self.default_device = inputs.check_choice("device", device, DEVICE_CHOICES)
+        self.default_device = SETTINGS["device"].check(device)
         self.pipe = load_pipeline(self.weights, device)  # the one load: requests only move it between devices
         self.judges, self.judges_note = load_judges(judges)
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="avgen-studio-"))
@@ -92,27 +101,20 @@ class Studio:
 
     @property
     def samplers(self) -> tuple[str, ...]:
-        from avgen.model.pipeline import SAMPLERS
         return tuple(SAMPLERS)
 
     # ------------------------------------------------------------------ requests
-    def check(self, settings, upload=None) -> tuple[object, dict, list[str]]:
+    def check(self, settings: GenerateSettings, upload=None) -> tuple[GenerateSettings, dict, list[str]]:
         """Validate a request -> (normalised GenerateSettings, the given modality {audio|video: array}, notes).
 
-        Every problem a person can fix raises DemoInputError before any sampling starts.
+        The prompt is read by the model's vocabulary and the settings checked against the settings table,
+        as `avgen generate` does: every problem a person can fix raises a ValueError (PromptError,
+        SettingError, DemoInputError) with one sentence, before any sampling starts.
         """
         lim = self.limits
-        mode = inputs.check_choice("mode", settings.mode, MODES)
-        settings = replace(
-            settings, prompt=inputs.parse_prompt(settings.prompt, self.vocab, self.max_events),
-            seed=inputs.check_seed(settings.seed), steps=inputs.check_steps(settings.steps, lim),
-            sampler=inputs.check_choice("sampler", settings.sampler, self.samplers),
-            guidance_scale=inputs.check_scale("video guidance", settings.guidance_scale, lim),
-            audio_guidance_scale=None if settings.audio_guidance_scale is None else
-            inputs.check_scale("audio guidance", settings.audio_guidance_scale, lim),
-            modality_scale=inputs.check_scale("modality scale", settings.modality_scale, lim),
-            guidance_interval=inputs.check_interval(settings.guidance_interval),
-            device=inputs.check_choice("device", settings.device, DEVICE_CHOICES), num_clips=1, duration=None)
+        prompt = self.pipe.vocabulary.parse(settings.prompt)
+        settings = settings.replace(prompt=prompt.text, num_clips=1, duration=None).check()
+        mode = settings.mode
         if mode == "t2av":
             return settings, {}, []
         if upload is None:
@@ -130,9 +132,6 @@ class Studio:
 
     def make(self, settings, upload=None, progress: Progress | None = None) -> StudioResult:
         """Check, generate, write the mp4 and the wav: what the person waits for."""
-        from avgen.data.io import write_mp4, write_wav
-        from avgen.model.pipeline import generate
-
         say = progress or _silent
 
         def on_step(i: int, n: int) -> None:
@@ -184,8 +183,6 @@ class Studio:
 
     def warm_up(self) -> float:
         """One cheap sampling so the first person does not pay for lazy initialisation; seconds taken."""
-        from avgen.model.pipeline import GenerateSettings, generate
-
         t0 = time.perf_counter()
         with self._lock:
             generate(self.pipe, GenerateSettings(steps=1, device=self.default_device))
@@ -219,8 +216,6 @@ class Studio:
 
     # ------------------------------------------------------------------ housekeeping
     def _move_to(self, device: str) -> None:
-        from avgen.model.device import resolve_device
-
         target = resolve_device(self.default_device if device == "auto" else device)
         if self.pipe.device != target:
             self.pipe.to(target)
@@ -248,8 +243,6 @@ class Studio:
 def load_judges(folder=None):
     """(the eval suite's digit judges, "") or, when none are trained yet, (None, a note saying so for
     the page): the studio still reports timing without them."""
-    from avgen.eval.judges import Judges
-
     try:
         return Judges.load(folder), ""
     except FileNotFoundError as e:
@@ -259,8 +252,6 @@ def load_judges(folder=None):
 def analyse_file(path: Path, prompt: str, judges) -> dict:
     """The eval suite's per-clip analysis of the mp4 the person gets (decoded with the container's
     timing, as `avgen eval` reads any file), with the digits read against the prompt if there is one."""
-    from avgen.eval.suite import EvalConfig, analyse, judge_can_read, load_signal
-
     cfg = EvalConfig()
     usable = judges if judges is not None and judge_can_read(judges, prompt) else None
     return analyse(load_signal(path, cfg), cfg, usable, prompt or None).record
@@ -268,8 +259,6 @@ def analyse_file(path: Path, prompt: str, judges) -> dict:
 
 def render_figure(clip: Clip, report: dict, path) -> Path:
     """Frame strip over the spectrogram, detected onsets of both modalities, what the judges read."""
-    from avgen.data.preview import render_sheet
-
     detected = {k: report[k] for k in ("video_onsets_s", "audio_onsets_s")}
     offset = report["av_offset_ms"]
     title = (f"prompt {clip.prompt or '(none)'!r}   seen {' '.join(report.get('video_digits', [])) or '-'}   "
@@ -279,17 +268,18 @@ def render_figure(clip: Clip, report: dict, path) -> Path:
     return render_sheet(clip, path, detected=detected, title=title)
 
 
-def json_safe(report: dict) -> dict:
-    """The record for JSON (the page's raw view, API callers): NaN (undefined) -> null, and without
-    the server-side file path (of no use to the person, and Gradio takes a "path" key for a file)."""
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in report.items()
-            if k != "path"}
+def report_json(report: dict, settings: GenerateSettings | None = None) -> dict:
+    """The record for JSON (the page's raw view, API callers), with the settings that made the clip:
+    strict (NaN, undefined, -> null), and without the server-side file path (of no use to the person,
+    and Gradio takes a "path" key for a file)."""
+    record = {k: v for k, v in report.items() if k != "path"}
+    if settings is not None:
+        record["settings"] = settings.to_dict()
+    return strict(record)
 
 
 def report_markdown(report: dict, seconds: float | None = None, notes: list[str] | None = None) -> str:
     """The sync report as a small table for people."""
-    from avgen.seeds import metrics_from_record
-
     def num(v, fmt):
         return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 

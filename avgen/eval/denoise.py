@@ -22,19 +22,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from avgen.model.batch import clip_batch, sample_generator
+from avgen.model.codec import AVCodec
+
 LEVELS = (0.001, 0.03, 0.1, 0.3, 0.6, 0.9)
 MEDIA = ("video", "audio")
-
-
-def clip_batch(clips, vocab, max_events: int, frames_per_token: int, parse_prompt) -> dict:
-    """Real clips -> the network's inputs: frames, audio, prompt ids / mask, timeline slots."""
-    from avgen.model.objective import encode_prompts
-    from avgen.train.loop import clip_slots
-
-    frames = torch.from_numpy(np.stack([c.frames for c in clips]))
-    audio = torch.from_numpy(np.stack([c.audio for c in clips]))
-    ids, mask = encode_prompts([parse_prompt(c.prompt) for c in clips], vocab, max_events)
-    return {"frames": frames, "audio": audio, "ids": ids, "mask": mask, "slots": clip_slots(clips, frames_per_token)}
 
 
 def check_levels(levels) -> None:
@@ -46,8 +38,6 @@ def check_levels(levels) -> None:
 def error_sums(model, codec, batch: dict, levels, seed: int, first: int = 0) -> dict[str, np.ndarray]:
     """{modality: (levels,)} summed per-clip x0 MSE over one batch whose clip i is clip `first + i` of
     the measurement (its noise is keyed by that number)."""
-    from avgen.train.loop import sample_generator
-
     device = next(model.parameters()).device
     timeline = bool(model.config.get("timeline_cond", False))
     part = {k: v.to(device) for k, v in batch.items()}
@@ -78,8 +68,6 @@ def dataset_denoise_error(model, ds, n: int, levels=LEVELS, seed: int = 0, first
                           chunk: int = 64) -> dict:
     """`denoise_error` on clips first_index .. first_index + n of a dataset (its events give the
     timelines), rendered `chunk` clips at a time."""
-    from avgen.model.codec import AVCodec
-
     if n < 1:
         raise ValueError(f"the denoising error needs at least one clip, got n={n}")
     check_levels(levels)
@@ -116,4 +104,4 @@ def format_table(errors: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LEVELS", "clip_batch", "dataset_denoise_error", "denoise_error", "error_sums", "flat", "format_table"]
+__all__ = ["LEVELS", "dataset_denoise_error", "denoise_error", "error_sums", "flat", "format_table"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -24,9 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from PIL import Image
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .onsets import Detected, mel_spectrogram, resample
+from avgen.data import make_dataset
+from avgen.data.clip import ClipSpec
+from avgen.data.io import decode_av, write_mp4
+from avgen.data.sources import fsdd_split, list_fsdd, mnist_split_indices, read_mnist, read_wav, resolve_data_root
+from avgen.data.talking_digits import place_digit, voiced_segment
+from avgen.model.weights import CheckpointError, check_weights_file
+from avgen.signal.onsets import AVSignal, Detected, mel_spectrogram, resample
+from avgen.util import write_json
 
 SPEECH_RATE = 8000
 SPEECH_N_FFT, SPEECH_HOP, SPEECH_MELS, SPEECH_FRAMES = 256, 80, 40, 64  # 32 ms window, 10 ms hop, 0.64 s
@@ -80,7 +90,6 @@ def conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 class JudgeNet(nn.Module):
     """Three conv stages (two pooled) -> global mean -> 16-d embedding -> 10 logits."""
-
     def __init__(self, cfg: JudgeConfig):
         super().__init__()
         self.cfg = cfg
@@ -105,8 +114,6 @@ class JudgeNet(nn.Module):
 def image_input(frames: np.ndarray) -> np.ndarray:
     """An event's grey frames (T, H, W) in [0, 1] -> their mean, centre-cropped square, area-
     resized to 32 x 32 and scaled to a peak of 1 (a dim digit is still a digit)."""
-    from PIL import Image
-
     mean = frames.mean(axis=0).astype(np.float32)
     h, w = mean.shape
     side = min(h, w)
@@ -152,7 +159,6 @@ class Reading:
 
 class Judge:
     """A trained JudgeNet in eval mode, applied to batches of inputs."""
-
     def __init__(self, net: JudgeNet):
         self.net = net.eval()
         self.cfg = net.cfg
@@ -167,26 +173,22 @@ class Judge:
         return Reading([self.cfg.labels[i] for i in probs.argmax(1)], probs, emb.numpy())
 
     def save(self, out_dir, extra: dict | None = None) -> Path:
-        from safetensors.torch import save_file
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(out / f"{self.cfg.name}.safetensors"))
         info = {"config": self.cfg.to_json(), **(extra or {})}
-        (out / f"{self.cfg.name}.json").write_text(json.dumps(info, indent=2))
+        write_json(out / f"{self.cfg.name}.json", info)
         return out
 
     @classmethod
     def load(cls, out_dir, name: str) -> "Judge":
-        from safetensors.torch import load_file
+
 
         d = Path(out_dir)
         cfg_path, w_path = d / f"{name}.json", d / f"{name}.safetensors"
         if not cfg_path.is_file() or not w_path.is_file():
             raise FileNotFoundError(f"no trained {name} judge in {d} (expected {cfg_path.name} and {w_path.name}); "
                                     "train one with `avgen judges train`")
-        from avgen.train.checkpoint import CheckpointError, check_weights_file
-
         try:
             net = JudgeNet(JudgeConfig.from_json(json.loads(cfg_path.read_text())["config"]))
         except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
@@ -210,10 +212,6 @@ class Judges:
 # ----------------------------------------------------------------------------- training data
 def image_examples(data_root, split: str) -> tuple[np.ndarray, np.ndarray]:
     """MNIST digits of a split placed as the dataset places them: (N, 32, 32) float, labels."""
-    from avgen.data.clip import ClipSpec
-    from avgen.data.sources import mnist_split_indices, read_mnist, resolve_data_root
-    from avgen.data.talking_digits import place_digit
-
     images, labels = read_mnist(resolve_data_root(data_root))
     idx = mnist_split_indices(len(labels), split)
     spec = ClipSpec()
@@ -223,10 +221,6 @@ def image_examples(data_root, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def speech_examples(data_root, split: str) -> tuple[list[np.ndarray], np.ndarray]:
     """FSDD recordings of a split, trimmed to their voiced part at 8 kHz as the dataset does."""
-    from avgen.data.clip import ClipSpec
-    from avgen.data.sources import fsdd_split, list_fsdd, read_wav, resolve_data_root
-    from avgen.data.talking_digits import voiced_segment
-
     spec = ClipSpec(sample_rate=SPEECH_RATE)
     recs = [r for r in list_fsdd(resolve_data_root(data_root)) if fsdd_split(r) == split]
     sounds = [voiced_segment(*read_wav(r.path), spec) for r in recs]
@@ -345,13 +339,6 @@ def accuracy_on_mp4(judges: Judges, n_clips: int = 150, seed: int = 0, data_root
     """Both judges' accuracy on Talking Digits test clips written to mp4 (H.264 + AAC) and
     decoded back: each ground-truth event read as the suite reads a detected one (its frames'
     mean; its sound from 20 ms before its start). This measures the judges, not the detector."""
-    import tempfile
-
-    from avgen.data import make_dataset
-    from avgen.data.io import decode_av, write_mp4
-
-    from .onsets import AVSignal
-
     ds = make_dataset("talking-digits", split="test", seed=seed, data_root=data_root)
     right = {"image": 0, "speech": 0}
     total = 0

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from avgen.data.shapes import GLYPHS, glyph_mask, tone
-from .judges import IMAGE_SIDE, Reading, event_frames, image_input
-from .onsets import Detected
+from avgen.eval.judges import IMAGE_SIDE, Reading, event_frames, image_input
+from avgen.signal.onsets import Detected, resample
 
 LABELS = tuple(GLYPHS)
 SHARPNESS = 20.0  # softmax temperature over similarities in [-1, 1]: probabilities for the record
@@ -91,8 +91,6 @@ class ToneJudge:
 
     def prepare(self, sig, ev: Detected) -> np.ndarray:
         if sig.sample_rate != self.cfg.sample_rate:
-            from .onsets import resample
-
             return self.prepare_at(resample(sig.audio, sig.sample_rate, self.cfg.sample_rate), ev)
         return self.prepare_at(sig.audio, ev)
 

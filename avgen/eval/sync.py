@@ -17,8 +17,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage, signal
+from scipy.optimize import linear_sum_assignment
 
-from .onsets import AVSignal, mel_spectrogram, resample, shrink
+from avgen.signal.onsets import AVSignal, mel_spectrogram, resample, shrink
 
 
 # ----------------------------------------------------------------------------- global offset
@@ -42,9 +44,7 @@ def cross_correlation(video: np.ndarray, audio: np.ndarray, max_lag: int) -> np.
     a conservative prior, since a lag that leaves part of the clip unexplained should not win
     on the part that remains.
     """
-    from scipy.signal import correlate
-
-    full = correlate(audio, video, mode="full", method="fft") / len(video)  # index n-1 is lag 0
+    full = signal.correlate(audio, video, mode="full", method="fft") / len(video)  # index n-1 is lag 0
     mid = len(video) - 1
     lo, hi = mid - max_lag, mid + max_lag + 1
     out = np.zeros(2 * max_lag + 1)
@@ -92,8 +92,6 @@ def match_onsets(ref: np.ndarray, pred: np.ndarray, tol_s: float) -> Match:
     Solved as an assignment whose forbidden pairs cost more than any feasible matching, so
     the solver first maximises the number of pairs, then minimises their total error.
     """
-    from scipy.optimize import linear_sum_assignment
-
     ref, pred = np.asarray(ref, float), np.asarray(pred, float)
     pairs: list[tuple[int, int]] = []
     if len(ref) and len(pred):
@@ -179,9 +177,7 @@ HS_NEIGHBOURS = np.array([[[1, 2, 1], [2, 0, 2], [1, 2, 1]]], np.float64) / 12
 
 def neighbour_mean(x: np.ndarray) -> np.ndarray:
     """Horn-Schunck's weighted mean of the 8 neighbours (1/6 edge, 1/12 corner), edges replicated."""
-    from scipy.ndimage import correlate
-
-    return correlate(x, HS_NEIGHBOURS, mode="nearest")
+    return ndimage.correlate(x, HS_NEIGHBOURS, mode="nearest")
 
 
 def reference_video_peaks(sig: AVSignal) -> np.ndarray:

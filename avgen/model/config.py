@@ -11,7 +11,9 @@ clips into tokens and back) and `vocab` (the prompt labels, in id order). `AVCod
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, asdict
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from avgen.data.clip import ClipSpec
 
@@ -31,7 +33,7 @@ class CodecConfig:
 
     Audio: magnitude STFT, power-law compressed (|X|**power), then `(c - audio_offset) / audio_scale`.
     The affine constants were measured on Talking Digits train clips (mean / std of the compressed
-    magnitudes; `python -m avgen.model.codec --measure` prints them again) so tokens are about unit
+    magnitudes; `python -m avgen.eval.codec_check --measure` prints them again) so tokens are about unit
     scale, like the noise they are mixed with.
     """
 
@@ -85,16 +87,13 @@ class ModelConfig:
     # (the shortest resolves adjacent 16 fps frames, the longest exceeds any clip we make).
     rope_min_period_s: float = 0.125
     rope_max_period_s: float = 32.0
-    # Every token's AdaLN input also carries the number of labels in the prompt (0 = null prompt).
-    # Without it the model must count prompt tokens through attention, which averages them: the
-    # step-8000 AVDiT-S gave the right number of events in only ~1/3 of clips, and 83-89% of the
-    # digits in those clips were right. Off for weights made before it (their config lacks the key).
+    # Every token's AdaLN input also carries the number of labels in the prompt (0 = null prompt):
+    # attention averages prompt tokens, so without it the network cannot count them. Off for weights
+    # made before it (their config lacks the key).
     count_cond: bool = True
-    # Every media token also gets its timeline slot: which prompt label is active there (see timeline.py).
-    # Text-to-AV draws the timeline from event lengths measured on the training data; A2V / V2A read it
-    # from the given modality. Counting and ordering events is then no longer the network's job: on
-    # `shapes` (shapes-cpu, 1600 steps) glyph / tone accuracy went from 57 / 60% to 98 / 99.5% and onset
-    # F1 from 0.865 to 1.0. Off for data without events (a folder of clips) and for older weights.
+    # Every media token also gets its timeline slot: which prompt label is active there (timeline.py),
+    # so counting and ordering events is not left to the network. Off for data without events and for
+    # older weights. Both inputs' effect: docs/experiments.md.
     timeline_cond: bool = True
     # The FFN's activation (`MLP_ACTIVATIONS`). The default is the tanh approximation every model
     # before this key was trained with, so a saved config without it means what it meant; the presets
@@ -119,7 +118,7 @@ class ModelConfig:
 
 
 # Named representations. The affine constants belong to the feature type (re-fit them with
-# `python -m avgen.model.codec --fit-constants [--n-mels N]` for any other choice).
+# `python -m avgen.eval.codec_check --fit-constants [--n-mels N]` for any other choice).
 CODEC_PRESETS: dict[str, CodecConfig] = {
     "stft": CodecConfig(),
     "mel64": CodecConfig(n_mels=64, audio_offset=0.0583, audio_scale=0.1254),
@@ -134,6 +133,99 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "AVDiT-S": ModelConfig(hidden_size=256, depth=6, num_heads=4, mlp_activation="gelu"),
     "AVDiT-B": ModelConfig(hidden_size=384, depth=8, num_heads=6, mlp_activation="gelu"),
 }
+
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "avgen"  # the shipped weights folder
+
+# ---------------------------------------------------------------------------- sampling defaults
+# Here, beside the model's other settings, so that a command line or a page can show them without
+# importing the sampler (torch, diffusers).
+DEVICES = ("auto", "cpu", "cuda", "mps")  # avgen.model.device.resolve_device; also cuda:N
+SAMPLER_NAMES = ("euler", "heun", "dpm++")  # avgen.model.sampler.SAMPLERS builds each
+DEFAULT_GUIDANCE_SCALE = 6.0  # 4 / 6 / 8 measured: docs/experiments.md
+# Prompt guidance acts only between these noise levels (1 = pure noise; Kynkaanniemi et al. 2024,
+# "Applying Guidance in a Limited Interval"). Above 0.8 the x0 prediction is a blur of where events
+# may be, and guiding on it adds or deletes events; below 0.1 the digits are decided and guiding only
+# pushes the sound's fine detail off the data (figures: docs/experiments.md).
+DEFAULT_GUIDANCE_INTERVAL = (0.1, 0.8)
+# With audio or video given the layout is the given modality's, so guidance acts at every level
+# (A2V / V2A digit accuracy 4 points higher than at (0, 0.8)).
+GIVEN_GUIDANCE_INTERVAL = (0.0, 1.0)
+
+
+def default_interval(given: bool) -> tuple[float, float]:
+    """The noise levels where prompt guidance acts unless told: see the two constants above."""
+    return GIVEN_GUIDANCE_INTERVAL if given else DEFAULT_GUIDANCE_INTERVAL
+
+
+# ---------------------------------------------------------------------------- training objective
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    # Logit-normal t (SD3, Esser et al. 2024), shifted towards noise: at (0, 1) the model rarely sees
+    # t > 0.9, where a clip's structure (how many events, where) is decided.
+    t_mean: float = 1.0  # logit-normal location: median t = sigmoid(1.0) = 0.73
+    t_std: float = 1.2  # logit-normal scale: P(t > 0.9) = 0.16
+    p_clean: float = 0.15  # per modality, mutually exclusive: P(video clean) = P(audio clean) = p_clean
+    p_drop_prompt: float = 0.1
+    # Prompt dropout for a sample with one modality held clean (A2V / V2A): there the given modality
+    # alone must carry the meaning across (UniForm, Harmony: conditional tasks without a prompt must be
+    # a real share of training). < 0: the same as p_drop_prompt. Decided by the same draw, so runs
+    # that leave it unset replay exactly.
+    p_drop_prompt_given: float = -1.0
+    p_drop_cross: float = 0.1
+    p_drop_timeline: float = 0.3  # models with a timeline input: how often it is withheld (so --no-timeline works)
+    t_min: float = 0.05  # clamp of t in v_pred = (x_t - x0_pred) / t (bounds the weight at 1/t_min^2)
+    # A share of each modality's times drawn uniform in (0, t_low) instead: the logit-normal above
+    # puts only 6% of draws below t = 0.3, where a clip's fine detail (a voice's dynamics inside
+    # an event) is written. 0 = off, and then no extra random draws are made (old runs replay).
+    p_low: float = 0.0
+    t_low: float = 0.3
+
+    def __post_init__(self):
+        if not 0 <= 2 * self.p_clean <= 1:
+            raise ValueError(f"p_clean must lie in [0, 0.5], got {self.p_clean}")
+        if self.p_drop_prompt_given > 1:
+            raise ValueError(f"p_drop_prompt_given must lie in [0, 1] (or < 0: as p_drop_prompt), "
+                             f"got {self.p_drop_prompt_given}")
+        for name in ("p_drop_prompt", "p_drop_cross", "p_drop_timeline"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.t_min < 1:
+            raise ValueError(f"t_min must lie in (0, 1), got {self.t_min}")
+        if not 0 <= self.p_low <= 1:
+            raise ValueError(f"p_low must lie in [0, 1], got {self.p_low}")
+        if not 0 < self.t_low <= 1:
+            raise ValueError(f"t_low must lie in (0, 1], got {self.t_low}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- audio postfilter
+class PostfilterError(ValueError):
+    """A postfilter folder that cannot be used with these weights; the message names the file."""
+
+
+@dataclass(frozen=True)
+class PostfilterConfig:
+    width: int = 3  # bins of the moving average that defines the envelope (3 x 31 Hz = 94 Hz; 5 scored worse)
+    smooth: int = 9  # bins the fitted gains are averaged over (a 9-bin, 280-Hz window)
+    active_range: float = 1.5  # loud frames: mean feature within this of the clip's loudest frame
+    strength: float = 1.0  # applied gain = 1 + strength * (fitted gain - 1); 0 = off, 1 = the variance matched
+    fit: dict = field(default_factory=dict)  # how the gains were fitted (clips, seeds, weights, ratios)
+
+    def __post_init__(self):
+        for name in ("width", "smooth"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
+                raise PostfilterError(f"postfilter {name} must be an odd whole number >= 1, got {v!r}")
+        number = lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+        if not (number(self.active_range) and self.active_range > 0):
+            raise PostfilterError(f"postfilter active_range must be a positive number, got {self.active_range!r}")
+        if not (number(self.strength) and self.strength >= 0):
+            raise PostfilterError(f"postfilter strength must be a number >= 0, got {self.strength!r}")
+        if not isinstance(self.fit, dict):
+            raise PostfilterError(f"postfilter fit must be an object (how the gains were fitted), got {self.fit!r}")
 
 
 def model_config(preset: str | ModelConfig, **overrides) -> ModelConfig:

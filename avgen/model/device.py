@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from avgen.model.config import DEVICES
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,10 +42,9 @@ def autocast(device: torch.device):
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     """`torch.compile` the network when asked. On CPU inductor fuses the elementwise ops between the
-    matmuls: the default call's loop ran 1.17x faster than eager in `avgen bench --captured` (session 21,
-    alternating rounds; 40% of the gemm ceiling against 34%), after a first call that compiles for about a
-    minute (seconds once inductor's on-disk cache holds the graphs). Results match eager to ~1e-5, not
-    bit for bit. On CUDA it also pays for long sampling runs."""
+    matmuls (about 1.2x faster loops, `avgen bench --captured`), after a first call that compiles for
+    about a minute (seconds once inductor's on-disk cache holds the graphs). Results match eager to
+    ~1e-5, not bit for bit. On CUDA it also pays for long sampling runs."""
     if not enabled:
         return model
     # dynamic=False: one clip length per run; a new length recompiles once

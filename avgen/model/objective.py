@@ -19,50 +19,14 @@ and of how a batch is split over processes. `draw_randomness` makes all of a bat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, fields
 
 import torch
 
+from avgen.model.config import ObjectiveConfig
 from avgen.model.transformer import MEDIA
 
 Generator = torch.Generator | list[torch.Generator]
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    # Logit-normal t (SD3), shifted towards noise. Measured here: with (0, 1) the model rarely saw
-    # t > 0.9, where a clip's structure (how many events, where) is decided, so samples kept
-    # local detail but read events out of the initial noise (same clips for any sampler shift);
-    # after switching a Talking Digits run to (1.0, 1.2) at step 1100, the step-1200 samples
-    # already showed the prompt's digits in order (runs/digits1, see the issue notes).
-    t_mean: float = 1.0  # logit-normal location: median t = sigmoid(1.0) = 0.73
-    t_std: float = 1.2  # logit-normal scale: P(t > 0.9) = 0.16
-    p_clean: float = 0.15  # per modality, mutually exclusive: P(video clean) = P(audio clean) = p_clean
-    p_drop_prompt: float = 0.1
-    p_drop_cross: float = 0.1
-    p_drop_timeline: float = 0.3  # models with a timeline input: how often it is withheld (so --no-timeline works)
-    t_min: float = 0.05  # clamp of t in v_pred = (x_t - x0_pred) / t (bounds the weight at 1/t_min^2)
-    # A share of each modality's times drawn uniform in (0, t_low) instead: the logit-normal above
-    # puts only 6% of draws below t = 0.3, where a clip's fine detail (a voice's dynamics inside
-    # an event) is written. 0 = off, and then no extra random draws are made (old runs replay).
-    p_low: float = 0.0
-    t_low: float = 0.3
-
-    def __post_init__(self):
-        if not 0 <= 2 * self.p_clean <= 1:
-            raise ValueError(f"p_clean must lie in [0, 0.5], got {self.p_clean}")
-        for name in ("p_drop_prompt", "p_drop_cross", "p_drop_timeline"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if not 0 < self.t_min < 1:
-            raise ValueError(f"t_min must lie in (0, 1), got {self.t_min}")
-        if not 0 <= self.p_low <= 1:
-            raise ValueError(f"p_low must lie in [0, 1], got {self.p_low}")
-        if not 0 < self.t_low <= 1:
-            raise ValueError(f"t_low must lie in (0, 1], got {self.t_low}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------- random draws
@@ -97,6 +61,16 @@ def sample_times(batch: int, generator: Generator, cfg: ObjectiveConfig = Object
             t[m] = torch.where(low, cfg.t_low * _uniform(generator, batch, device), t[m])
     clean = {"video": u < cfg.p_clean, "audio": (u >= cfg.p_clean) & (u < 2 * cfg.p_clean)}
     return {m: torch.where(clean[m], torch.zeros_like(t[m]), t[m]) for m in MEDIA}
+
+
+def prompt_drop_rate(t: dict[str, torch.Tensor], cfg: ObjectiveConfig) -> torch.Tensor | float:
+    """(B,) probability of the null prompt per sample: `p_drop_prompt_given` where one modality is
+    held clean (t = 0), else `p_drop_prompt`."""
+    if cfg.p_drop_prompt_given < 0:
+        return cfg.p_drop_prompt
+    given = (t["video"] == 0) | (t["audio"] == 0)
+    return torch.where(given, torch.full_like(t["video"], cfg.p_drop_prompt_given),
+                       torch.full_like(t["video"], cfg.p_drop_prompt))
 
 
 @dataclass
@@ -137,7 +111,7 @@ def draw_randomness(generator: Generator, batch: int, token_shapes: dict[str, tu
     here = own.device if isinstance(own, torch.Generator) else torch.device("cpu")
     t = sample_times(batch, generator, cfg, here)
     noise = {m: _normal(generator, (batch, *token_shapes[m]), here) for m in MEDIA} if noise else None
-    keep_prompt = _uniform(generator, batch, here) >= cfg.p_drop_prompt
+    keep_prompt = _uniform(generator, batch, here) >= prompt_drop_rate(t, cfg)
     cross_modal = _uniform(generator, batch, here) >= cfg.p_drop_cross
     keep_timeline = (_uniform(generator, batch, here) >= cfg.p_drop_timeline) if timeline else None
     return Draws(t, noise, keep_prompt, cross_modal, keep_timeline).to(device)

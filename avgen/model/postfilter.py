@@ -1,7 +1,7 @@
 """The spectral-detail postfilter: gives generated audio back the fine structure along frequency that
 an MSE-trained model averages away.
 
-What it fixes, measured (weights/README.md, "the sound's statistics"): in each 16-ms frame of the
+What it fixes (measured: docs/experiments.md): in each 16-ms frame of the
 model's audio features, the deviation of every bin from its 3-bin (94-Hz) moving average along
 frequency (harmonics, the noise texture of speech) has 1.20x / 1.39x / 2.79x / 8.45x less variance in
 the shipped weights' clips than in real ones, at 0-0.5 / 0.5-1 / 1-2 / 2-4 kHz (`avgen postfilter
@@ -28,51 +28,29 @@ in normalised units) of real training clips and of clips the model generated fro
 prompts at the default settings, postfilter off, from seeds away from every evaluation screen.
 strength 1 matches those variances in the model's features; the sound then goes through Griffin-Lim,
 which smooths detail again, so the stored strength is chosen on held-out clips by the judges' FD
-(weights/README.md). It is stored with the weights (`<weights>/postfilter/`), and `load_pipeline`
+(docs/experiments.md). It is stored with the weights (`<weights>/postfilter/`), and `load_pipeline`
 picks it up; without that folder the audio is decoded as the model drew it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save, save_file
+
+from avgen.model.config import PostfilterConfig, PostfilterError
+from avgen.util import write_json
 
 FOLDER = "postfilter"  # inside a weights folder
 CONFIG_FILE, GAINS_FILE = "config.json", "gains.safetensors"
 BANDS_HZ = (0, 500, 1000, 2000, 4000)  # the bands the fit reports per
-
-
-class PostfilterError(ValueError):
-    """A postfilter folder that cannot be used with these weights; the message names the file."""
-
-
-@dataclass(frozen=True)
-class PostfilterConfig:
-    width: int = 3  # bins of the moving average that defines the envelope (3 x 31 Hz = 94 Hz; 5 scored worse)
-    smooth: int = 9  # bins the fitted gains are averaged over (a 9-bin, 280-Hz window)
-    active_range: float = 1.5  # loud frames: mean feature within this of the clip's loudest frame
-    strength: float = 1.0  # applied gain = 1 + strength * (fitted gain - 1); 0 = off, 1 = the variance matched
-    fit: dict = field(default_factory=dict)  # how the gains were fitted (clips, seeds, weights, ratios)
-
-    def __post_init__(self):
-        for name in ("width", "smooth"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v % 2 == 0:
-                raise PostfilterError(f"postfilter {name} must be an odd whole number >= 1, got {v!r}")
-        number = lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
-        if not (number(self.active_range) and self.active_range > 0):
-            raise PostfilterError(f"postfilter active_range must be a positive number, got {self.active_range!r}")
-        if not (number(self.strength) and self.strength >= 0):
-            raise PostfilterError(f"postfilter strength must be a number >= 0, got {self.strength!r}")
-        if not isinstance(self.fit, dict):
-            raise PostfilterError(f"postfilter fit must be an object (how the gains were fitted), got {self.fit!r}")
 
 
 def envelope(feats: torch.Tensor, width: int) -> torch.Tensor:
@@ -98,7 +76,6 @@ def detail_variance(feats: torch.Tensor, cfg: PostfilterConfig) -> torch.Tensor:
 class SpectralPostfilter(torch.nn.Module):
     """`gains` (F,) per feature bin of the codec's audio frames, as fitted; `cfg.strength` says how much
     of them is applied (`applied`). See the module docstring."""
-
     def __init__(self, gains: torch.Tensor, cfg: PostfilterConfig = PostfilterConfig()):
         super().__init__()
         gains = torch.as_tensor(gains, dtype=torch.float32).detach().clone()
@@ -134,8 +111,6 @@ class SpectralPostfilter(torch.nn.Module):
 
     def describe(self) -> dict:
         """What a sidecar or a report records of the postfilter that was applied."""
-        from safetensors.torch import save
-
         gains = hashlib.sha256(save({"gains": self.gains.cpu().contiguous()})).hexdigest()
         return {"strength": self.cfg.strength, "gains_sha256": gains, "width": self.cfg.width}
 
@@ -143,8 +118,6 @@ class SpectralPostfilter(torch.nn.Module):
     def save(self, folder) -> Path:
         """`folder`/config.json + gains.safetensors, written into a temporary folder that then takes the
         place of `folder`, so a reader never sees new gains with an old config (or the reverse)."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp, old = (folder.with_name(f".{folder.name}.{what}-{os.getpid()}") for what in ("tmp", "old"))
@@ -152,7 +125,7 @@ class SpectralPostfilter(torch.nn.Module):
         tmp.mkdir()
         try:
             save_file({"gains": self.gains.cpu().contiguous()}, tmp / GAINS_FILE)
-            (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.cfg), indent=2) + "\n")
+            write_json(tmp / CONFIG_FILE, asdict(self.cfg))
             if folder.exists():
                 os.replace(folder, old)
             os.replace(tmp, folder)
@@ -165,9 +138,6 @@ class SpectralPostfilter(torch.nn.Module):
     def load(cls, folder, bins: int | None = None) -> "SpectralPostfilter":
         """Read a saved postfilter; PostfilterError (one line, naming the file) if it is unusable or, with
         `bins`, fits features of another size."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         try:
             raw = json.loads((folder / CONFIG_FILE).read_text())
@@ -218,44 +188,3 @@ def band_means(values: torch.Tensor, sample_rate: int, n_fft: int) -> dict[str, 
         if sel.any():
             out[f"{lo}-{hi}"] = round(float(values[sel].mean()), 4)
     return out
-
-
-def fit_postfilter(pipe, n: int = 160, seed: int = 1000, batch: int = 8, data_root=None,
-                   cfg: PostfilterConfig = PostfilterConfig(), log=print) -> SpectralPostfilter:
-    """Fit a postfilter for the weights in `pipe`: n real training clips against n clips the model makes
-    from random training prompts (seed `seed` + i for clip i) at the default settings, postfilter off.
-    `cfg` gives the width, smoothing, loud-frame range and the strength to store with the gains."""
-    import numpy as np
-
-    from avgen.data import make_dataset
-    from avgen.model.pipeline import GenerateSettings, sampling_kwargs
-
-    codec = pipe.codec
-    if codec.cfg.n_mels:
-        raise ValueError("the postfilter is fitted on linear-frequency STFT bins; these weights use mel bands")
-    if n < 2 or batch < 1:
-        raise ValueError(f"fitting needs n >= 2 clips and batch >= 1, got n={n}, batch={batch}")
-    frames = lambda tokens: codec.audio_frames(tokens.float().cpu())  # noqa: E731
-    ds = make_dataset("talking-digits", split="train", seed=7, data_root=data_root, spec=codec.spec)
-    real = torch.cat([frames(codec.encode_audio(torch.as_tensor(ds[i].audio)[None].to(pipe.device)))
-                      for i in range(n)])
-    rng = np.random.default_rng(seed)
-    prompts = [" ".join(ds.random_labels(rng)) for _ in range(n)]
-    d = GenerateSettings().check()  # the defaults generation uses; output_type="latent": no postfilter
-    pipe.set_sampler(d.sampler)
-    generated = []
-    for start in range(0, n, batch):
-        chunk = prompts[start:start + batch]
-        gens = [torch.Generator("cpu").manual_seed(seed + start + j) for j in range(len(chunk))]
-        out = pipe(chunk, generator=gens, output_type="latent", **sampling_kwargs(d))
-        generated.append(frames(out.audio))
-        log(f"generated {start + len(chunk)}/{n}")
-    gains, ratio = fit_gains(real, torch.cat(generated), cfg)
-    spec = codec.spec
-    fit = {"real_clips": f"talking-digits train, seed 7, clips 0-{n - 1}",
-           "generated_clips": f"{n} random train prompts (rng seed {seed}), seeds {seed}-{seed + n - 1}, default "
-                              f"settings ({d.sampler}, steps {d.steps}, guidance {d.guidance_scale:g}, interval "
-                              f"{list(d.guidance_interval)}), postfilter off",
-           "variance_ratio_real_over_generated": band_means(ratio, spec.sample_rate, codec.cfg.n_fft),
-           "gains": band_means(gains, spec.sample_rate, codec.cfg.n_fft)}
-    return SpectralPostfilter(gains, PostfilterConfig(cfg.width, cfg.smooth, cfg.active_range, cfg.strength, fit))

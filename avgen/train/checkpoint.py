@@ -28,16 +28,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from avgen.model.config import KEYLESS_MLP_ACTIVATION
+from avgen.model.weights import CheckpointError, check_weights_file
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8,})\.safetensors$")
 _META_KEY = "avgen"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint (or weights file) is missing, unreadable, cannot be written, or does not fit the
-    model it is loaded into; the message names the file."""
 
 
 # ---------------------------------------------------------------------------- files
@@ -125,60 +121,6 @@ def prune(run_dir, keep_last: int) -> list[Path]:
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
-
-
-# ---------------------------------------------------------------------------- untrusted weights
-def tensor_shapes(path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from a safetensors header, nothing else read. A file that is not
-    safetensors (a pickle, a truncated or corrupted file) is a CheckpointError naming it; safetensors
-    never executes what it reads."""
-    path = Path(path)
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
-
-
-def check_weights_file(path, expected: dict[str, tuple[int, ...]]) -> None:
-    """Refuse weights whose tensors are not exactly `expected` (names and shapes) before any is
-    loaded: a missing, extra or reshaped tensor is never silently skipped or re-initialised."""
-    found = tensor_shapes(path)
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    reshaped = [k for k in sorted(set(expected) & set(found)) if tuple(found[k]) != tuple(expected[k])]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing ({', '.join(missing[:3])}{' ...' * (len(missing) > 3)})")
-    if extra:
-        problems.append(f"{len(extra)} tensor(s) the network does not have ({', '.join(extra[:3])}"
-                        f"{' ...' * (len(extra) > 3)})")
-    if reshaped:
-        k = reshaped[0]
-        problems.append(f"{len(reshaped)} tensor(s) of the wrong shape ({k}: {list(found[k])} in the file, "
-                        f"{list(expected[k])} in the network)")
-    if problems:
-        raise CheckpointError(f"{path}: does not fit the network its config describes: {'; '.join(problems)}")
-
-
-def check_weights_folder(weights_dir) -> None:
-    """An exported weights folder (`avgen export`, the shipped weights) is checked against the network
-    its config.json describes, built on the meta device (no memory, no weights read). A folder without
-    a weights file passes: `load_pipeline` says what is missing and how to make it."""
-    from avgen.model.pipeline import weights_file
-    from avgen.model.transformer import AVDiT
-
-    path = weights_file(weights_dir)
-    if not path.is_file():
-        return
-    try:
-        config = AVDiT.load_config(path.parent, local_files_only=True)
-        with torch.device("meta"):
-            network = AVDiT.from_config(config)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path.parent / 'config.json'}: not a usable network config "
-                              f"({' '.join(str(e).split())})") from None
-    check_weights_file(path, {k: tuple(v.shape) for k, v in network.state_dict().items()})
 
 
 # ---------------------------------------------------------------------------- state <-> tensors
@@ -288,6 +230,6 @@ def load_ema_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
     return _unprefixed("ema", tensors), meta
 
 
-__all__ = ["CHECKPOINT_DIR", "CheckpointError", "atomic_save", "check_weights_file", "check_weights_folder",
+__all__ = ["CHECKPOINT_DIR", "CheckpointError", "atomic_save", "check_weights_file",
            "checkpoint_path", "latest_checkpoint", "list_checkpoints", "load_ema_weights", "load_training_state",
-           "prune", "read_checkpoint", "save_training_state", "tensor_shapes"]
+           "prune", "read_checkpoint", "save_training_state"]

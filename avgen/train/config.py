@@ -14,16 +14,19 @@ Unknown keys raise ValueError naming the known ones.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import typing
 from dataclasses import dataclass
 
 from avgen.data.clip import ClipSpec
-from avgen.model.config import CODEC_PRESETS, MODEL_PRESETS, CodecConfig, ModelConfig
-from avgen.model.objective import ObjectiveConfig
+from avgen.model.config import CODEC_PRESETS, MODEL_PRESETS, CodecConfig, ModelConfig, ObjectiveConfig
+from avgen.util import dumps
 
 LR_SCHEDULES = ("cosine", "constant", "wsd")
+EXPORT_DTYPES = ("float32", "float16")  # how `avgen export` may store the weights
+# Outputs are x0 tokens: video in [-1, 1], where one 8-bit grey level is 2/255 ~ 0.008, and audio
+# features at about unit scale; 1e-2 keeps fp16 rounding below what a written clip can show.
+FP16_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -114,21 +117,11 @@ class TrainConfig:
         return cfg
 
 
-# Named starting points. `tiny` is the smoke test (seconds on a CPU). `shapes-cpu` is sized to end
-# inside 30 minutes on this project's 2-core machine even with ONE core (the other busy): AVDiT-XS
-# (3.6 M parameters, ~5x cheaper per clip than AVDiT-S). Measured with the timeline input: 14.5 min on
-# one core (a training run on the other) gave onset F1 1.0, median |AV offset| 2.5 ms, glyph / tone
-# accuracy 98.0 / 99.5%, the right number of events in 100 of 100 generated clips (`avgen eval
-# --generate 100 --dataset shapes`). Without it (prompt-count input only), 16 min gave F1 0.865 and
-# 57 / 60%, and 2800 steps were no better. `digits-cpu`
-# keeps a constant LR after warmup so that it can be extended with `--resume --steps N` across
-# sessions (end it with `--set lr_schedule=wsd --set decay_steps=N` for a cooldown). `digits-gpu`
-# is for one H200 (bf16, big batch). Timed once, from the shipped weights (scripts/gpu_train.py,
-# session 15: `--init-from weights/avgen --grow-depth 8`, so AVDiT-S at depth 8, not the preset's
-# AVDiT-B): batch 256 with 14 data workers ran 8.3 steps/s (2,100 clips/s) with the GPU's SMs 20-40%
-# busy (nvidia-smi dmon): the data path or the launch-bound step set the pace (one data worker builds
-# about 1,000 clips/s on a CPU core, so not the workers' compute). `input_wait_frac` in metrics.jsonl
-# now tells the two apart.
+# Named starting points. `tiny` is the smoke test (seconds on a CPU). `shapes-cpu` ends inside 30
+# minutes on a 2-core CPU even with one core busy (AVDiT-XS, 3.6 M parameters). `digits-cpu` keeps a
+# constant LR after warmup so that a run can be extended with `--resume --steps N` (end it with
+# `--set lr_schedule=wsd --set decay_steps=N` for a cooldown). `digits-gpu` is for one H200 (bf16, big
+# batch, data workers). What each reached, and how fast: docs/experiments.md.
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(model=MODEL_PRESETS["AVDiT-T"], spec=ClipSpec(duration=1.5, height=8, width=8),
                         steps=8, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, log_every=1,

@@ -16,7 +16,6 @@ Weights load back as fp32 whatever the stored dtype.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -26,14 +25,13 @@ import torch
 
 from avgen.model.codec import AVCodec
 from avgen.model.objective import encode_prompts
-from avgen.model.pipeline import AVGenPipeline, package_versions, sha256_file
+from avgen.model.pipeline import AVGenPipeline
 from avgen.model.transformer import AVDiT
 from avgen.train.checkpoint import CheckpointError, latest_checkpoint, load_ema_weights
+from avgen.train.config import EXPORT_DTYPES, FP16_TOLERANCE
+from avgen.util import package_versions, sha256_file, write_json
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
-# Outputs are x0 tokens: video in [-1, 1], where one 8-bit grey level is 2/255 ~ 0.008, and audio
-# features at about unit scale; 1e-2 keeps fp16 rounding below what a written clip can show.
-FP16_TOLERANCE = 1e-2
+DTYPES = {name: getattr(torch, name) for name in EXPORT_DTYPES}
 
 
 @dataclass
@@ -123,11 +121,12 @@ def export_run(run_dir, out, *, checkpoint=None, dtype: str = "float32", fp16_to
     # nn.Module.to, not ModelMixin.to: the latter warns about fp32-only modules, and AVDiT has none
     pipe = AVGenPipeline.from_transformer(torch.nn.Module.to(model, DTYPES[dtype]), sampler)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "training_config.json").write_text(json.dumps(meta["train_config"], indent=2, sort_keys=True) + "\n")
-    provenance = {**asdict(report), "out": str(out), "checkpoint": str(path.resolve()),
-                  "checkpoint_sha256": sha256_file(path), "run_dir": str(run_dir.resolve()),
-                  "versions": package_versions()}
-    (tmp / "export.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_json(tmp / "training_config.json", meta["train_config"], sort_keys=True)
+    # where it came from, by name and hash: the run folder's name and the checkpoint's file name, not
+    # the paths of the machine that exported it
+    provenance = {**asdict(report), "out": out.name, "run": run_dir.resolve().name, "checkpoint": path.name,
+                  "checkpoint_sha256": sha256_file(path), "versions": package_versions()}
+    write_json(tmp / "export.json", provenance)
     out.parent.mkdir(parents=True, exist_ok=True)
     _replace_folder(tmp, out, overwrite)
     return report

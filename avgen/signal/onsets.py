@@ -25,13 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 from einops import rearrange
+from scipy.ndimage import gaussian_filter, maximum_filter1d
+from scipy.signal import resample_poly
+from torchaudio.functional import melscale_fbanks
 
 
 # ----------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class TrackConfig:
     """How one modality's features become an envelope and events (see `VIDEO` and `AUDIO`)."""
-
     eps: float  # magnitude floor of the dB compression: differences below it are codec noise
     lag: int  # arrivals compare feature frames this many frames apart
     above_floor_db: float  # an event's level exceeds the clip's floor (10th percentile) by this much ...
@@ -90,7 +92,6 @@ class AVSignal:
     frames: (T, H, W) float32 grey in [0, 1], frame t shown from frame_times[t];
     audio: (S,) float32 mono, sample 0 at video time 0 (silence where the file had none).
     """
-
     frames: np.ndarray
     frame_times: np.ndarray
     fps: float
@@ -153,7 +154,6 @@ def shrink(frames: np.ndarray, max_side: int) -> np.ndarray:
 @dataclass
 class Track:
     """One modality as feature frames: `feats[i]` (D magnitudes >= 0) centred at `times[i]`."""
-
     times: np.ndarray  # (N,) seconds on the video clock
     feats: np.ndarray  # (N, D)
     span_s: float  # the time one feature frame stands for
@@ -167,8 +167,6 @@ def video_track(sig: AVSignal, cfg: OnsetConfig = OnsetConfig()) -> Track:
 
 def local_contrast(frames: np.ndarray) -> np.ndarray:
     """(T, H, W) -> |frame - blurred frame| (a difference of Gaussians at a stroke's width)."""
-    from scipy.ndimage import gaussian_filter
-
     sigma = max(frames.shape[1:]) / 24  # ~1.3 px at 32 px: about a digit's stroke width
     return np.abs(frames - gaussian_filter(frames, sigma=(0, sigma, sigma), mode="nearest"))
 
@@ -187,7 +185,6 @@ def tracks(sig: AVSignal, cfg: OnsetConfig = OnsetConfig()) -> dict[str, Track]:
 def resample(x: np.ndarray, sr: int, target: int) -> np.ndarray:
     if sr == target:
         return x.astype(np.float32)
-    from scipy.signal import resample_poly
 
     g = math.gcd(int(sr), int(target))
     return resample_poly(x, target // g, sr // g).astype(np.float32)
@@ -197,8 +194,6 @@ def resample(x: np.ndarray, sr: int, target: int) -> np.ndarray:
 def mel_filters(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float, mel_scale: str = "htk") -> np.ndarray:
     """(n_fft // 2 + 1, n_mels) triangular mel filters (torchaudio's definition); "slaney" also
     takes Slaney's area normalisation, as librosa's default does."""
-    from torchaudio.functional import melscale_fbanks
-
     norm = "slaney" if mel_scale == "slaney" else None
     fb = melscale_fbanks(n_fft // 2 + 1, fmin, min(fmax, sr / 2), n_mels, sr, norm=norm, mel_scale=mel_scale)
     return fb.numpy().astype(np.float32)
@@ -267,7 +262,6 @@ def salience(track: Track) -> np.ndarray:
     if cfg.gate_db is not None:
         weight *= np.minimum(1.0, 10.0 ** ((rel[lag:] + cfg.gate_db) / 10.0))
     if cfg.context_db is not None:
-        from scipy.ndimage import maximum_filter1d
 
         width = max(1, int(round(cfg.context_s / track.span_s)))
         # loudest of frames [t - lag - width + 1, t - lag]: the moment before the rise into t
@@ -303,7 +297,6 @@ def envelope(track: Track, grid_s: float, n: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Detected:
     """One detected event: it starts at `onset_s` and lasts until `end_s`."""
-
     onset_s: float
     end_s: float
     strength: float  # the arrival envelope at the onset
