@@ -68,6 +68,12 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def output_paths(out, n: int) -> list[Path]:
+    """Where n generated clips go: OUT itself for one clip; OUT_000.mp4, OUT_001.mp4, ... for several."""
+    out = Path(out)
+    return [out] if n == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(n)]
+
+
 def package_versions() -> dict[str, str]:
     """Versions of what decides a result: recorded in sidecars, run folders and exports."""
     # imported here, not at module level: this module is imported by everything, torch by little of it
@@ -82,4 +88,4 @@ def package_versions() -> dict[str, str]:
             "diffusers": diffusers.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-__all__ = ["atomic_write_text", "dumps", "json_safe", "one_line", "package_versions", "sha256_file", "write_json"]
+__all__ = ["atomic_write_text", "dumps", "json_safe", "one_line", "output_paths", "package_versions", "sha256_file", "write_json"]

@@ -163,6 +163,17 @@ def _train_cli(out: Path, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    """Wait for a `_train_cli` run to end (its stderr read meanwhile, so a full pipe cannot stall it);
+    its stderr. A run still going after `timeout` s is killed and the test fails, saying so."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        said = proc.communicate()[1]
+        pytest.fail(f"avgen {' '.join(proc.args[3:])} still running after {timeout} s; stderr: {said!r}")
+
+
 def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     tensors, meta = read_checkpoint(checkpoint_path(run_dir, 16))
     assert meta["progress"]["step"] == 16
@@ -173,8 +184,14 @@ def _final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 def test_kill_9_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
     reference = _train_cli(tmp_path / "reference")
     killed = _train_cli(tmp_path / "killed")
+    deadline = time.monotonic() + 300  # 16 tiny steps take seconds; this is for a stalled run, not a slow one
     while not checkpoint_path(tmp_path / "killed", 4).exists():  # well into the run, after some checkpoints
         assert killed.poll() is None, killed.stderr.read()
+        if time.monotonic() > deadline:
+            killed.kill()
+            reference.kill()
+            reference.wait()
+            pytest.fail(f"no checkpoint at step 4 after 300 s; the run's stderr: {killed.communicate()[1]!r}")
         time.sleep(0.005)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -182,9 +199,11 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted_run(tmp_path):
     assert not checkpoint_path(tmp_path / "killed", 16).exists(), "the run finished before it was killed"
     interrupted_at = int(latest_checkpoint(tmp_path / "killed").name[5:13])
     resumed = _train_cli(tmp_path / "killed", "--resume")
-    assert resumed.wait() == 0, resumed.stderr.read()
-    assert "resumed from" in resumed.stderr.read()
-    assert reference.wait() == 0, reference.stderr.read()
+    said = _finish(resumed)
+    assert resumed.returncode == 0, said
+    assert "resumed from" in said
+    said = _finish(reference)
+    assert reference.returncode == 0, said
 
     expected, got = _final_tensors(tmp_path / "reference"), _final_tensors(tmp_path / "killed")
     assert expected.keys() == got.keys()

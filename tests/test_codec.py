@@ -121,13 +121,13 @@ def test_frames_per_token_groups_frames():
 
 
 def test_bad_inputs_raise(codec):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"do not cover the same time \(500 samples per frame\)"):
         codec.encode(torch.rand(1, 48, 32, 32, 1), torch.zeros(1, 1000))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected frames \(B, T, 32, 32, 1\), got \(1, 48, 16, 16, 1\)"):
         codec.encode_video(torch.rand(1, 48, 16, 16, 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="samples_per_frame 501 is not divisible by stft_per_frame 4"):
         AVCodec(ClipSpec(fps=16, sample_rate=8016))  # 501 samples per frame: no integer hop
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown CodecConfig option\(s\) \['bogus'\]"):
         CodecConfig.from_dict({"n_fft": 256, "bogus": 1})
 
 

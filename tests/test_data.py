@@ -213,3 +213,82 @@ def test_corrupt_sources_name_the_file(data_root, tmp_path):
     # a missing root
     with pytest.raises(SourceError, match="does not exist"):
         make_dataset("talking-digits", data_root=tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------- `avgen data preview / stats`
+@pytest.fixture
+def caller_threads():
+    """`avgen data stats` sets torch to one thread (the figure is per core) and leaves it so; the next
+    tests in this process keep the count they had."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_data_preview_writes_the_clips_asked_for(tmp_path, capsys):
+    import json
+
+    from avgen.cli import main
+    from avgen.data.given import read_given
+    from avgen.data.io import decode_av
+
+    out = tmp_path / "preview"
+    assert main(["data", "preview", "--dataset", "shapes", "--split", "test", "--n", "2", "--start", "3",
+                 "--scale", "2", "--out", str(out)]) == 0
+    names = [f"clip_{i:04d}{ext}" for i in (3, 4) for ext in (".mp4", ".png")]
+    assert capsys.readouterr().out.split() == [str(out / n) for n in names]
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["clip_0003.json", "clip_0004.json"])
+    ds = make_dataset("shapes", split="test")
+    for i in (3, 4):
+        clip = ds[i]
+        side = json.loads((out / f"clip_{i:04d}.json").read_text())
+        assert side["prompt"] == clip.prompt and side["events"] == [list(e) for e in clip.truth()]
+        d = decode_av(out / f"clip_{i:04d}.mp4")
+        assert d.frames.shape == (48, 64, 64, 3) and d.fps == 16  # --scale 2 of 32x32
+        assert abs(len(d.audio) / d.sample_rate - 3.0) < 0.15
+        picture, _ = read_given(out / f"clip_{i:04d}.mp4", ds.spec, "video")
+        assert np.abs(picture - clip.frames).mean() < 0.01  # clip i itself, not another one
+        assert (out / f"clip_{i:04d}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.abs(picture - ds[3].frames).mean() > 0.02  # clip 4's picture is not clip 3's: the check tells them apart
+
+
+def test_data_stats_counts_what_the_clips_hold(capsys, caller_threads):
+    import json
+    from collections import Counter
+
+    from avgen.cli import main
+
+    assert main(["data", "stats", "--dataset", "shapes", "--split", "test", "--n", "50", "--duration", "2"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    clips = [make_dataset("shapes", split="test", spec=ClipSpec(duration=2.0))[i] for i in range(50)]
+    durations = [e.end_s - e.start_s for c in clips for e in c.events]
+    assert (stats["dataset"], stats["split"]) == ("shapes", "test") and "trimming" not in stats
+    assert stats["events_per_clip"] == {str(k): n for k, n in sorted(Counter(len(c.events) for c in clips).items())}
+    assert sum(stats["events_per_clip"].values()) == 50
+    assert stats["event_duration_s"] == {"median": float(np.median(durations)), "max": max(durations)}
+    assert stats["clips_per_s_one_core"] > 0 and stats["setup_s"] >= 0
+
+
+@pytest.mark.data
+def test_data_preview_and_stats_on_talking_digits(data_root, tmp_path, capsys, caller_threads):
+    """The trimming figures the README quotes come from this command, on all 3,000 FSDD files."""
+    import json
+
+    from avgen.cli import main
+
+    ds = make_dataset("talking-digits", split="test", data_root=data_root)
+    assert main(["data", "preview", "--split", "test", "--n", "1", "--data-root", str(data_root),
+                 "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "clip_0000.mp4"), str(tmp_path / "clip_0000.png")]
+    assert json.loads((tmp_path / "clip_0000.json").read_text())["prompt"] == ds[0].prompt
+    assert main(["data", "stats", "--split", "test", "--n", "20", "--data-root", str(data_root)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["dataset"] == "talking-digits" and sum(stats["events_per_clip"].values()) == 20
+    assert stats["event_duration_s"]["max"] == max(e.end_s - e.start_s for i in range(20) for e in ds[i].events)
+    trim = stats["trimming"]
+    assert trim["files"] == 3000
+    assert trim["lead_in_removed"] == {"median_ms": 10.0, "p90_ms": 120.0, "p99_ms": 220.0, "max_ms": 540.0}
+    assert trim["tail_removed"]["median_ms"] == 88.0 and round(trim["tail_removed"]["max_ms"]) == 980
+    assert trim["files_with_lead_in_over_one_frame_before"] == 0.197

@@ -352,6 +352,36 @@ def test_audio_upload_through_the_api(served, tmp_path):
     assert len(decode_av(video).frames) == 48
 
 
+def test_video_upload_through_the_api(served, tmp_path):
+    """V2A as a client of the served page does it: the clip that comes back shows the uploaded picture
+    unchanged (to one grey level after two H.264 passes) with a new sound of the clip's length."""
+    import wave
+
+    from gradio_client import handle_file
+
+    from avgen.data.given import read_given
+
+    clip = make_dataset("shapes", split="test", spec=SPEC)[2]
+    given = write_mp4(clip, tmp_path / "given.mp4")
+    held, _ = inputs.read_video_upload(given, SPEC, DemoLimits())  # what the studio conditions on
+    video, audio, figure, report_md, report = call(client(served[1], tmp_path), mode="v2a", prompt="",
+                                                   video=handle_file(str(given)))
+    d = decode_av(video)
+    assert d.frames.shape == (SPEC.num_frames, 256, 256, 3) and d.fps == SPEC.fps
+    assert len(d.audio) == len(decode_av(given).audio)  # as long as a 3-s clip's sound through the same writer
+    assert abs(len(d.audio) / d.sample_rate - SPEC.duration) < 0.15
+    back, notes = read_given(video, SPEC, "video")
+    assert notes == [] and np.abs(back - held).max() <= 1.5 / 255
+    other, _ = read_given(write_mp4(make_dataset("shapes", split="test", spec=SPEC)[3], tmp_path / "o.mp4"), SPEC,
+                          "video")
+    assert np.abs(other - held).mean() > 0.02  # what a picture that was not held would differ by
+    with wave.open(audio) as w:  # the sound, as made: 3 s at the model's rate
+        assert (w.getframerate(), w.getnframes()) == (SPEC.sample_rate, SPEC.num_samples)
+        sound = np.frombuffer(w.readframes(w.getnframes()), "<i2") / 32767
+    assert np.abs(sound).max() > 0.01 and abs(np.corrcoef(sound, clip.audio)[0, 1]) < 0.5  # new, not the upload's
+    assert report["settings"]["mode"] == "v2a" and figure.endswith(".png") and "onset F1" in report_md
+
+
 def test_several_people_at_once_are_queued_and_all_served(served, tmp_path):
     c = client(served[1], tmp_path)
     jobs = [c.submit("t2av", p, 0, 2, 4.0, 4.0, 1.0, "euler", "cpu", None, None, api_name="/generate")
@@ -367,7 +397,8 @@ def test_served_safely(served):
 
     app, url = served
     assert app.server_name == "127.0.0.1"
-    assert app.allowed_paths == [str(app.avgen_workdir)]
+    # only the results folder, from which Gradio copies each result into its cache (served by keyed hash)
+    assert app.allowed_paths == [str(app.avgen_studio.results_dir)]
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False" and os.environ["HF_HUB_OFFLINE"] == "1"
     assert not app.analytics_enabled and not app.run_history  # run history can sync to the Hub
     assert app.max_file_size == DemoLimits().max_upload_bytes
@@ -553,8 +584,12 @@ def test_sigterm_while_a_clip_is_sampled_exits_cleanly(tmp_path):
         params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
         kw = {p["parameter_name"]: p.get("parameter_default") for p in params}
         job = client.submit(api_name="/generate", **{**kw, "mode": "t2av", "prompt": "3 1 4", "steps": 100})
-        deadline = time.time() + 60
-        while time.time() < deadline and "/100 [" not in log.read_text():  # the sampler's progress bar has started
+        deadline = time.monotonic() + 120
+        while "/100 [" not in log.read_text():  # the sampler's progress bar has started: the request is sampling
+            if job.done() or proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("no sampling progress line for the request (SIGTERM would test an idle studio): "
+                            f"job done: {job.done()}, studio exit code: {proc.poll()}, waited up to 120 s; log: "
+                            f"{log.read_text()[-2000:]}")
             time.sleep(0.1)
         time.sleep(0.5)
         assert not job.done(), "the clip finished before it could be interrupted"
@@ -566,4 +601,5 @@ def test_sigterm_while_a_clip_is_sampled_exits_cleanly(tmp_path):
             proc.wait()
     out = log.read_text()
     assert proc.returncode == 143 and "terminate called" not in out, (proc.returncode, out[-2000:])
+    assert "100/100 [" not in out, out[-2000:]  # SIGTERM came while sampling: its last step was never taken
     assert not list(temp.glob("avgen-demo-*")), list(temp.iterdir())

@@ -49,6 +49,14 @@ def test_floor_needs_two_disjoint_sets_and_reports_spread():
     pool = [gaussian(2, 0, 1, seed=s) for s in range(40)]  # 40 clips of 2 events each
     fl = floor(pool, 20, repeats=5)
     assert fl.n == 20 and fl.fd_mean > 0 and fl.fd_std > 0
+    # what two disjoint sets of 20 clips (40 events) from one distribution measure: the expected FD
+    # between two independent 40-row samples of N(0, I_8), here by Monte Carlo (~1.32). Sets that
+    # shared clips would measure less; a floor on fewer clips, more (the estimator's bias grows as 1/n)
+    expected = np.mean([frechet_distance(gaussian(40, 0, 1, seed=s), gaussian(40, 0, 1, seed=1000 + s))
+                        for s in range(200)])
+    assert abs(fl.fd_mean - expected) < 3 * fl.fd_std / math.sqrt(fl.repeats)
+    assert floor(pool, 5, repeats=5).fd_mean > 2.5 * fl.fd_mean
+    assert abs(fl.kid_mean) < fl.kid_std  # KID is unbiased: a real-vs-real floor sits at 0 within its spread
     with pytest.raises(ValueError, match="at least 42"):
         floor(pool, 21)
 

@@ -102,13 +102,21 @@ def test_training_lowers_the_loss_and_is_deterministic(one_thread):
 @pytest.mark.data
 def test_judges_train_command_on_the_real_train_splits(tmp_path, data_root, one_thread):
     from avgen.cli import main
+    from avgen.data import make_dataset
 
+    torch.set_num_threads(3)  # not the command's own (--threads 1), so that restoring it shows
     assert main(["judges", "train", "--tiny", "--out", str(tmp_path), "--check-clips", "2"]) == 0
+    assert torch.get_num_threads() == 3  # the command restores the caller's thread count
+    # the mp4 check read every ground-truth event of the first 2 test clips, with the judges it saved
+    test = make_dataset("talking-digits", split="test", data_root=data_root)
+    events = sum(len(test[i].events) for i in range(2))
+    again = accuracy_on_mp4(Judges.load(tmp_path), n_clips=2, data_root=data_root)
+    assert again["events"] == events and again["clips"] == 2
     for name in ("image", "speech"):
         info = json.loads((tmp_path / f"{name}.json").read_text())
         assert info["config"]["epochs"] == 1 and 0 <= info["test_accuracy_mp4"]["accuracy"] <= 1
+        assert info["test_accuracy_mp4"] == {"accuracy": again[name], "events": events, "clips": 2}
     assert Judges.load(tmp_path).speech.cfg.channels == (4, 8, 8)
-    assert torch.get_num_threads() == 1  # the command restores the caller's thread count
 
 
 @pytest.mark.data

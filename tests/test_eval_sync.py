@@ -206,5 +206,5 @@ def test_av_align_reference_form_on_a_clean_clip():
 
 
 def test_config_rejects_a_grid_that_is_not_whole_samples():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"grid_s \* audio_rate must be a whole number of samples, got 19.68"):
         _ = OnsetConfig(grid_s=0.00123).hop

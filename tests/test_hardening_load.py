@@ -90,7 +90,7 @@ def test_eight_clients_five_requests_each_all_served_memory_flat(served, tmp_pat
         t.join(timeout=600)
     wall = time.perf_counter() - t0
     after = memory_kb()
-    kept = sorted(p.name for p in results_dir.iterdir())
+    kept = sorted(results_dir.iterdir(), key=lambda p: p.stat().st_mtime_ns)  # result folders have random names
     gradio_files = [p for p in (app.avgen_workdir / "gradio").rglob("*") if p.is_file()]
     print(f"\nload: {CLIENTS} clients x {REQUESTS} requests = {len(latencies)} in {wall:.1f} s; "
           f"latency median {sorted(latencies)[len(latencies) // 2]:.2f} s, slowest {max(latencies):.2f} s; "
@@ -101,7 +101,8 @@ def test_eight_clients_five_requests_each_all_served_memory_flat(served, tmp_pat
           f"Gradio cache {len(gradio_files)} files, {sum(p.stat().st_size for p in gradio_files) / 2 ** 20:.1f} MB")
     assert not failures, failures[:5]
     assert len(latencies) == CLIENTS * REQUESTS and not any(t.is_alive() for t in threads)
-    assert len(kept) == KEEP and kept[-1] == f"{CLIENTS * REQUESTS:06d}"  # the newest kept, the rest deleted
+    # the newest kept, the rest deleted: the last folder made is among the kept ones
+    assert len(kept) == KEEP and kept[-1] == app.avgen_studio._made[-1]
     # Nothing accumulates: as many Python objects after 32 more requests as after the first 8. RSS rises
     # while malloc's per-thread arenas fill (8 client threads + the server's), then levels off (measured:
     # +200 MB over the first ~40 concurrent requests, flat over the next 30); one client alone: flat.
@@ -133,7 +134,7 @@ def test_launch_hands_gradio_the_limits_and_the_confinement(served, monkeypatch)
     monkeypatch.setattr(app, "launch", lambda **kw: seen.update(kw))
     launch(app)
     assert seen["server_name"] == "127.0.0.1" and seen["share"] is False
-    assert seen["allowed_paths"] == [str(app.avgen_workdir)]
+    assert seen["allowed_paths"] == [str(app.avgen_studio.results_dir)]  # randomly named, copied to the cache
     assert seen["max_file_size"] == f"{DemoLimits().max_upload_mb}mb"
     assert seen["run_history"] is False and seen["enable_monitoring"] is False
     assert not app.analytics_enabled and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
@@ -153,24 +154,35 @@ def test_the_server_listens_on_loopback_only(served):
     assert listening == ["127.0.0.1"]
 
 
-def test_files_outside_its_temp_folder_are_not_served(served, tmp_path):
-    app, url = served
-    inside = app.avgen_workdir / "studio" / "probe.txt"
-    inside.parent.mkdir(parents=True, exist_ok=True)
-    inside.write_text("served")
-    link = app.avgen_workdir / "studio" / "link-to-hostname"
-    link.unlink(missing_ok=True)
-    link.symlink_to("/etc/hostname")
-    secret = tmp_path / "secret.txt"
-    secret.write_text("not for the page")
-    repo = Path(__file__).resolve().parents[1]
-
+def file_status(url: str):
+    """path -> the HTTP status the studio at `url` answers a request for that file with."""
     def status(path: str) -> int:
         try:
             with urllib.request.urlopen(f"{url}gradio_api/file={path}") as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
+    return status
+
+
+def test_files_outside_its_temp_folder_are_not_served(served, tmp_path):
+    import httpx
+
+    app, url = served
+    probe = tmp_path / "probe.txt"
+    probe.write_text("served")
+    with probe.open("rb") as f:  # an upload lands in Gradio's cache, inside the studio's temp folder
+        inside = httpx.post(f"{url}gradio_api/upload", files={"files": ("probe.txt", f, "text/plain")}).json()[0]
+    assert Path(inside).is_relative_to(app.avgen_workdir)
+    link = app.avgen_workdir / "studio" / "link-to-hostname"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to("/etc/hostname")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the page")
+    repo = Path(__file__).resolve().parents[1]
+
+    status = file_status(url)
 
     assert status(str(inside)) == 200  # the control: its own files are served
     refused = {p: status(p) for p in [
@@ -179,6 +191,52 @@ def test_files_outside_its_temp_folder_are_not_served(served, tmp_path):
         f"{app.avgen_workdir}/../{secret.parent.name}/secret.txt", f"{app.avgen_workdir}/../../../../etc/passwd",
         urllib.parse.quote(f"{app.avgen_workdir}/../../../../etc/passwd", safe=""), str(link), "pyproject.toml"]}
     assert all(code in (403, 404) for code in refused.values()), refused
+
+
+@pytest.fixture
+def own_studio(tiny_weights, tmp_path_factory):  # noqa: F811
+    """A studio of its own: another test in this module stops the shared one."""
+    from avgen.demo.app import build_app
+
+    app = build_app(tiny_weights, "cpu", seeds_dir=tmp_path_factory.mktemp("no-seeds"),
+                    workdir=tmp_path_factory.mktemp("privacy-app"), warm_up=False)
+    with serving(app) as url:
+        yield app, url
+
+
+def test_a_visitor_cannot_fetch_another_visitors_results(own_studio, tmp_path):
+    """What visitor B knows (the URLs of its own results, the studio's temp folder they reveal) gives no
+    way to visitor A's clip, wav or figure: every result reaches its visitor as Gradio's copy under a
+    keyed hash of its content, the studio's own result folders are never named to anyone, and they are
+    named by 128 random bits, so they cannot be counted down or listed either."""
+    from gradio_client import Client
+
+    app, url = own_studio
+
+    status = file_status(url)
+
+    results = app.avgen_workdir / "studio" / "results"
+    before = set(results.iterdir()) if results.is_dir() else set()
+    got = {}
+    for who, prompt in (("A", "7"), ("B", "2 5")):
+        c = Client(url, download_files=False, verbose=False)
+        got[who] = c.predict("t2av", prompt, 0, 2, 4.0, 4.0, 1.0, "euler", "cpu", None, None, api_name="/generate")
+    folders = sorted(set(results.iterdir()) - before, key=lambda d: d.stat().st_mtime)
+    assert len(folders) == 2  # A's and B's result folders on the server
+    a_folder, b_folder = folders
+    for who, outputs in got.items():
+        named = [o["path"] for o in outputs[:3]]  # clip, wav, figure: as the visitor receives them
+        assert all(str(results) not in p for p in named), named  # no result folder is ever disclosed
+        assert all(status(p) == 200 for p in named)  # the visitor's own copies are served
+        assert all(len(Path(p).parent.name) == 64 for p in named)  # each under a keyed hash of its content
+    # what B could try from what it knows: the studio's folder, numbered or neighbouring result names
+    workdir = str(Path(got["B"][0]["path"]).parents[2])  # B's URL reveals the studio's temp folder
+    assert workdir == str(app.avgen_workdir)
+    guesses = [f"{workdir}/studio/results", f"{workdir}/studio/results/000000/clip.mp4",
+               f"{workdir}/studio/results/000001/clip.mp4", f"{workdir}/studio",
+               f"{workdir}/studio/results/{b_folder.name}/../{a_folder.name[:8]}/clip.mp4"]
+    assert all(status(g) in (403, 404) for g in guesses), {g: status(g) for g in guesses}
+    assert len(a_folder.name) == 32 and int(a_folder.name, 16) >= 0 and a_folder.name != b_folder.name
 
 
 def test_an_upload_over_the_size_limit_is_refused_by_gradio(served, tmp_path):

@@ -205,3 +205,35 @@ def test_loss_falls_on_a_fixed_batch(shapes_batch):
         opt.step()
         losses.append(stats["loss"])
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3]), losses
+
+
+def test_the_label_probe_learns_what_a_clean_modality_shows_and_is_off_by_default(shapes_batch):
+    """`label_weight` > 0: the probe's cross-entropy on the tokens of the modality held clean is added to the
+    loss (against each token's ground-truth label, 0 outside events) and it learns; at 0 the loss is the
+    plain flow loss, and a model without the probe is refused when asked for it."""
+    from avgen.model.batch import clip_slots
+
+    ds, frames, audio, ids, mask = shapes_batch
+    slots = clip_slots([ds[i] for i in range(4)], 1)
+    torch.manual_seed(0)
+    model = AVDiT.from_preset("AVDiT-T", SPEC, ds.vocab, 3, timeline_cond=True, label_probe=True)
+    codec = AVCodec(SPEC)
+    plain = ObjectiveConfig(p_clean=0.5)
+    probed = ObjectiveConfig(p_clean=0.5, label_weight=1.0)
+    with torch.no_grad():
+        base, base_stats = training_loss(model, codec, frames, audio, ids, mask, gens(range(4)), plain, slots=slots)
+        with_probe, stats = training_loss(model, codec, frames, audio, ids, mask, gens(range(4)), probed, slots=slots)
+    # at initialisation the probe is zero: uniform over "no event" + 8 glyphs
+    assert stats["label_ce"] == pytest.approx(np.log(1 + len(ds.vocab)), rel=1e-5)
+    assert float(with_probe) == pytest.approx(float(base) + stats["label_ce"], rel=1e-5)
+    assert "label_ce" not in base_stats
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(40):
+        opt.zero_grad()
+        loss, stats = training_loss(model, codec, frames, audio, ids, mask, gens(range(4)), probed, slots=slots)
+        loss.backward()
+        opt.step()
+    assert stats["label_ce"] < 0.5 * np.log(1 + len(ds.vocab))  # it learned what the clean clips show
+    assert max(stats["label_acc_video"], stats["label_acc_audio"]) > 0.8
+    with pytest.raises(ValueError, match="needs a model with the label probe"):
+        training_loss(tiny_model(ds.vocab), codec, frames, audio, ids, mask, gens(range(4)), probed, slots=slots)

@@ -13,6 +13,7 @@ from avgen.model.config import DEFAULT_GUIDANCE_INTERVAL
 from avgen.model.pipeline import AVGenPipeline, load_pipeline
 from avgen.model.sampler import SAMPLERS, Guidance
 from avgen.model.transformer import AVDiT
+from tests.demo_helpers import tiny_weights  # noqa: F401  (fixture)
 
 SPEC = ClipSpec(duration=1.0)  # 16 frames, 8000 samples
 
@@ -372,12 +373,42 @@ def test_cli_generate(pipe, tmp_path, capsys):
                  "--device", "cpu"]) == 0
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["settings"]["sampler"] == "euler"
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["timeline"] is True
-    assert main(["generate", "3 1", "--out", str(out), "--weights", str(tmp_path / "w"), "--steps", "1",
+    assert main(["generate", "3 1", "--out", str(out), "--force", "--weights", str(tmp_path / "w"), "--steps", "1",
                  "--device", "cpu", "--no-timeline"]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["timeline"] is False
-    assert main(["generate", "3", "--out", str(out), "--weights", str(tmp_path / "missing")]) == 2
+    assert main(["generate", "3", "--out", str(out), "--force", "--weights", str(tmp_path / "missing")]) == 2
     assert "no model weights" in capsys.readouterr().err
-    assert main(["generate", "3 x", "--out", str(out), "--weights", str(tmp_path / "w")]) == 2
+    assert main(["generate", "3 x", "--out", str(out), "--force", "--weights", str(tmp_path / "w")]) == 2
+    assert "'x' is not one" in capsys.readouterr().err
+
+
+def test_cli_generate_from_a_video_keeps_its_picture_and_makes_a_sound(tiny_weights, tmp_path, capsys):
+    """`avgen generate --video CLIP.mp4` (V2A): the mp4 written shows the given picture unchanged (to one
+    grey level after two H.264 passes) with a new sound of the clip's length; the sidecar says v2a."""
+    from avgen.cli import main
+    from avgen.data import make_dataset
+    from avgen.data.given import read_given
+    from avgen.data.io import decode_av, write_mp4
+    from tests.demo_helpers import SPEC as CLIP
+
+    clip = make_dataset("shapes", split="test", spec=CLIP)[2]
+    given = write_mp4(clip, tmp_path / "given.mp4")
+    held, _ = read_given(given, CLIP, "video")
+    out = tmp_path / "out" / "v2a.mp4"
+    assert main(["generate", "", "--video", str(given), "--weights", str(tiny_weights), "--out", str(out),
+                 "--steps", "2", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.split() == [str(out)]
+    d = decode_av(out)
+    assert d.frames.shape == (CLIP.num_frames, 8 * CLIP.height, 8 * CLIP.width, 3) and d.fps == CLIP.fps
+    assert len(d.audio) == len(decode_av(given).audio)  # as long as a 3-s clip's sound through the same writer
+    assert abs(len(d.audio) / d.sample_rate - CLIP.duration) < 0.15
+    back, notes = read_given(out, CLIP, "video")
+    assert notes == [] and np.abs(back - held).max() <= 1.5 / 255
+    sound = d.audio.reshape(-1)[: CLIP.num_samples]
+    assert np.abs(sound).max() > 0.01 and abs(np.corrcoef(sound, clip.audio)[0, 1]) < 0.5  # new, not the file's
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["settings"]["mode"] == "v2a" and meta["prompt"] == ""
+    assert (meta["num_frames"], meta["fps"], meta["sample_rate"]) == (CLIP.num_frames, CLIP.fps, CLIP.sample_rate)
 
 
 def test_guidance_acts_only_inside_its_noise_interval(pipe, monkeypatch):

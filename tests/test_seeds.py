@@ -144,10 +144,24 @@ def test_clip_metrics_measure_timing_through_the_mp4(tmp_path):
     from tests.demo_helpers import make_tiny_judges
     from avgen.eval.judges import Judges
 
+    from avgen.data.io import write_mp4
+    from avgen.eval.suite import EvalConfig, analyse, load_signal
+
     clip = make_dataset("shapes", split="test")[5]
-    m = seeds.clip_metrics(clip, "1", judges=Judges.load(make_tiny_judges(tmp_path)))
+    judges = Judges.load(make_tiny_judges(tmp_path))
+    m = seeds.clip_metrics(clip, "1", judges=judges)
     assert m["onset_f1"] == 1.0 and m["abs_offset_ms"] < 20 and m["offset_confidence"] > 0.3
     assert 0.0 <= m["video_digit_accuracy"] <= 1.0  # untrained judges: a reading, not a right one
+    # which reading: the judges' digits for the clip's three events, scored in order against the prompt
+    # (a missing or extra label is wrong, so out of 3 here)
+    rec = analyse(load_signal(write_mp4(clip, tmp_path / "c.mp4"), EvalConfig()), EvalConfig(), judges).record
+    seen, heard = rec["video_digits"], rec["audio_digits"]
+    assert len(clip.events) == len(seen) == len(heard) == 3
+    assert m["video_digit_accuracy"] == (seen[0] == "1") / 3 and m["audio_digit_accuracy"] == (heard[0] == "1") / 3
+    assert m["av_agreement"] == sum(a == b for a, b in zip(seen, heard)) / 3
+    read = seeds.clip_metrics(clip, " ".join(seen), judges=judges)  # the prompt the picture was read as
+    assert read["video_digit_accuracy"] == 1.0 and read["audio_digit_accuracy"] == m["av_agreement"]
+    assert seeds.clip_metrics(clip, seen[0], judges=judges)["video_digit_accuracy"] == 1 / 3  # 2 extra events
 
 
 @pytest.mark.data

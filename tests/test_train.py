@@ -348,6 +348,14 @@ def test_sample_clips_are_written_during_training(tmp_path):
     last = metrics(tmp_path / "run")[-1]
     assert {"step": 2, "samples": "samples/step-00000002"}.items() <= last.items()
     assert 0 <= last["event_count_ok"] <= 1 and {"av_onset_f1", "abs_av_offset_ms"} <= last.keys()
+    # two steps from zero-initialised output layers: both clips are a flat grey picture and near silence,
+    # so no event is detected and neither clip has its prompt's (>= 1) event count
+    from avgen.data.io import decode_av
+
+    for path in sorted(folder.glob("*.mp4")):
+        d = decode_av(path)
+        assert d.frames.max() - d.frames.min() < 40 and np.abs(d.audio).max() < 0.01, path.name
+    assert last["event_count_ok"] == 0.0 and last["video_count_accuracy"] == last["audio_count_accuracy"] == 0.0
 
 
 def test_quick_eval_figures_separate_synced_from_shifted_clips():
@@ -356,6 +364,10 @@ def test_quick_eval_figures_separate_synced_from_shifted_clips():
     clips = [ds[i] for i in range(4)]
     frame_ms = 1000 / 16
     synced = api_training.quick_eval_figures(clips)
+    # one prompt that asks for an event more than its clip holds: that clip's counts are not ok
+    miscounted = [dataclasses.replace(c, prompt=c.prompt + " " + c.prompt.split()[0]) if i == 1 else c
+                  for i, c in enumerate(clips)]
+    assert api_training.quick_eval_figures(miscounted)["event_count_ok"] == 0.75
     for clip in clips:  # audio three frames late
         clip.audio = np.roll(clip.audio, 3 * len(clip.audio) // clip.num_frames)
     shifted = api_training.quick_eval_figures(clips)
@@ -363,6 +375,7 @@ def test_quick_eval_figures_separate_synced_from_shifted_clips():
     assert abs(shifted["abs_av_offset_ms"] - 3 * frame_ms) < frame_ms / 2
     assert synced["av_onset_f1"] >= shifted["av_onset_f1"] + 0.5
     assert 0 <= synced["event_count_ok"] <= 1
+    assert synced["event_count_ok"] == 1.0  # real clips: both modalities show exactly the prompt's events
 
 
 # ---------------------------------------------------------------------------- export and fine-tuning
@@ -462,6 +475,86 @@ def test_cli_train_resume_and_export(tmp_path, capsys):
     assert "step 3 EMA weights" in capsys.readouterr().out
     assert cli(["export", run, "--out", out]) == 2  # exists, no --force
     assert "--force" in capsys.readouterr().err
+
+
+def test_cli_export_of_an_older_checkpoint_and_replacing_an_export(tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "weights"
+    train(tiny(steps=4, ckpt_every=2), run, device="cpu", progress_bar=False)
+    older = checkpoint_path(run, 2)
+    assert older.is_file() and latest_checkpoint(run) == checkpoint_path(run, 4)
+
+    def exported() -> tuple[dict, dict]:
+        net = AVGenPipeline.from_pretrained(out, local_files_only=True).transformer
+        return json.loads((out / "export.json").read_text()), net.state_dict()
+
+    def ema_of(step: int) -> dict:
+        return load_ema_weights(checkpoint_path(run, step))[0]
+
+    assert cli(["export", str(run), "--out", str(out), "--checkpoint", str(older)]) == 0
+    assert "step 2 EMA weights" in capsys.readouterr().out
+    info, net = exported()
+    assert (info["step"], info["checkpoint"]) == (2, older.name)
+    assert all(torch.equal(v, ema_of(2)[k]) for k, v in net.items())
+    assert not all(torch.equal(v, ema_of(4)[k]) for k, v in net.items())  # the two checkpoints differ
+    # --out exists: refused without --force (one line, exit 2), the export left as it was
+    capsys.readouterr()  # (loading the export above wrote diffusers' progress bar to stderr)
+    assert cli(["export", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{out} already exists; pass --force to replace it" in err
+    assert exported()[0]["step"] == 2
+    # with --force: replaced, here by the newest checkpoint's weights, and no temp folder is left behind
+    assert cli(["export", str(run), "--out", str(out), "--force"]) == 0
+    assert "step 4 EMA weights" in capsys.readouterr().out
+    info, net = exported()
+    assert (info["step"], info["checkpoint"]) == (4, checkpoint_path(run, 4).name)
+    assert all(torch.equal(v, ema_of(4)[k]) for k, v in net.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "weights"]
+
+
+def test_cli_resume_with_another_batch_size_goes_on_from_the_saved_data_position(tmp_path, capsys):
+    """data.py: step s trains on samples [position, position + B); a changed batch size on resume
+    goes on from the position saved, by the new B per step."""
+    run = str(tmp_path / "run")
+    assert cli(["train", "--preset", "tiny", "--out", run, "--steps", "2", "--device", "cpu", "--no-progress"]) == 0
+    assert read_checkpoint(checkpoint_path(run, 2))[1]["progress"]["data_position"] == 2 * 4  # tiny: batch 4
+    capsys.readouterr()
+    assert cli(["train", "--out", run, "--resume", "--steps", "4", "--set", "batch_size=3", "--device", "cpu",
+                "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "at step 2 (config changed: batch_size, steps)" in err
+    assert record.read_run_config(run).batch_size == 3
+    logged = metrics(tmp_path / "run")
+    assert [m["step"] for m in logged] == [1, 2, 3, 4]
+    assert [m["samples_seen"] for m in logged] == [4, 8, 11, 14]
+    assert all(math.isfinite(m["loss"]) for m in logged)
+    assert read_checkpoint(checkpoint_path(run, 4))[1]["progress"] == {"step": 4, "data_position": 14,
+                                                                        "skipped_steps": 0}
+
+
+def test_cli_resume_of_a_run_that_never_saved_a_checkpoint_starts_it_from_scratch(tmp_path, capsys, monkeypatch):
+    """A run that died before its first checkpoint leaves config.json (and log lines); `--resume` trains it
+    from step 0 with that config: the same weights as an uninterrupted run, each step logged once."""
+    def crash(*args, **kwargs):
+        raise Interrupted
+
+    monkeypatch.setattr(state, "save_training_state", crash)  # dies at its first checkpoint, before writing it
+    argv = ["--device", "cpu", "--no-progress"]
+    new_run = ["train", "--preset", "tiny", "--steps", "2", "--set", "lr=2e-3", *argv]
+    with pytest.raises(Interrupted):
+        cli([*new_run, "--out", str(tmp_path / "died")])
+    monkeypatch.undo()
+    died = tmp_path / "died"
+    assert latest_checkpoint(died) is None and (died / "config.json").is_file()
+    assert [m["step"] for m in metrics(died)] == [1, 2]
+    capsys.readouterr()
+    assert cli(["train", "--out", str(died), "--resume", *argv]) == 0  # no --preset: the run's own config
+    assert "resumed from" not in capsys.readouterr().err
+    assert record.read_run_config(died).lr == 2e-3
+    assert [(m["step"], m["samples_seen"]) for m in metrics(died)] == [(1, 4), (2, 8)]  # the dead run's lines went
+    assert cli([*new_run, "--out", str(tmp_path / "straight")]) == 0
+    for prefix in ("model.", "ema.", "optimizer."):
+        a, b = weights(tmp_path / "straight", 2, prefix), weights(died, 2, prefix)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), prefix
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -51,9 +51,9 @@ def test_presets_and_overrides():
     assert set(MODEL_PRESETS) >= {"AVDiT-T", "AVDiT-S", "AVDiT-B"}
     assert model_config("AVDiT-S").hidden_size == 256 and model_config("AVDiT-B").depth == 8
     assert model_config("AVDiT-S", depth=2).depth == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown model preset 'AVDiT-XXL'; choose one of AVDiT-T"):
         model_config("AVDiT-XXL")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown ModelConfig option\(s\) \['widht'\]"):
         model_config("AVDiT-S", widht=3)
 
 
@@ -275,7 +275,7 @@ def test_same_seed_same_model_same_output():
 
 def test_token_count_mismatch_raises():
     x = inputs()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="video has 16 tokens and audio 15: one token per frame each"):
         tiny()(**dict(x, audio=x["audio"][:, :-1]))
 
 

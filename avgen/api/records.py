@@ -10,13 +10,7 @@ from avgen.data.clip import Clip
 from avgen.data.io import write_mp4
 from avgen.model.pipeline import AVGenPipeline
 from avgen.model.weights import weights_file
-from avgen.util import package_versions, sha256_file, write_json
-
-
-def output_paths(out: Path, n: int) -> list[Path]:
-    """clip.mp4 for one clip; clip_000.mp4, clip_001.mp4, ... for several."""
-    out = Path(out)
-    return [out] if n == 1 else [out.with_name(f"{out.stem}_{i:03d}{out.suffix}") for i in range(n)]
+from avgen.util import output_paths, package_versions, sha256_file, write_json
 
 
 def weights_record(pipe: AVGenPipeline, weights_dir, settings: GenerateSettings) -> dict:

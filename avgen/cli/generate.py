@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from avgen.cli.args import UsageError, add_settings, settings_from_args
 from avgen.model.config import DEFAULT_WEIGHTS
+from avgen.util import output_paths
 
 # every generation setting of the table but the mode, which the given file decides
 OPTIONS = ("seed", "steps", "sampler", "guidance_scale", "audio_guidance_scale", "modality_scale",
@@ -25,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
                    help="weights folder from `avgen export` (default: the shipped weights/avgen)")
     add_settings(p, OPTIONS)
+    p.add_argument("--force", action="store_true", help="replace clips and sidecars that already exist at --out")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the network: the first call compiles (about a minute on a 2-core CPU, "
                    "seconds once inductor's cache has it), then each denoising loop runs ~1.2x faster on CPU "
@@ -35,15 +38,27 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def check_output(out: Path) -> None:
-    """Refuse an --out that cannot be written before any sampling: a folder, or below a file."""
+def check_output(out: Path, num_clips: int = 1, force: bool = False) -> None:
+    """Refuse, before any sampling, an --out that cannot or should not be written: a folder, a path below
+    a file, a folder nobody may write to, or (without --force) clips or sidecars that already exist."""
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; give a file name such as {out / 'clip.mp4'}")
+    if out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out {out}: the clip is written as mp4; give a name ending in .mp4")
     parent = next((q for q in out.parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise UsageError(f"--out {out}: {parent} is a file, not a folder")
-    if out.suffix.lower() != ".mp4":
-        raise UsageError(f"--out {out}: the clip is written as mp4; give a name ending in .mp4")
+    if parent is not None:  # the one sure test of writing is to write: a small file, removed at once
+        try:
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".avgen-", suffix=".probe"):
+                pass
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write in {parent} ({e.strerror or type(e).__name__})") from None
+    if not force:
+        taken = [p for clip in output_paths(out, num_clips) for p in (clip, clip.with_suffix(".json")) if p.exists()]
+        if taken:
+            shown = ", ".join(map(str, taken[:2])) + (f" and {len(taken) - 2} more" if len(taken) > 2 else "")
+            raise UsageError(f"--out {out}: would replace {shown}; pass --force to replace, or give another name")
 
 
 def read_given(args, spec) -> tuple[dict, list[str]]:
@@ -68,7 +83,7 @@ def run(args) -> int:
     from avgen.api.records import write_outputs
     from avgen.model.device import resolve_device
 
-    check_output(args.out)
+    check_output(args.out, args.num_clips, args.force)
     kind = "audio" if args.audio is not None else "video" if args.video is not None else None
     settings = settings_from_args(args, prompt=args.prompt, mode={"audio": "a2v", "video": "v2a"}.get(kind, "t2av"))
     device = resolve_device(settings.device)

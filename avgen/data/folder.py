@@ -22,7 +22,7 @@ import numpy as np
 
 from .clip import Clip, ClipSpec
 from .events import SPLIT_CODE
-from .io import VIDEO_EXTS, AVReadError, conform, decode_av
+from .io import VIDEO_EXTS, AVReadError, conform, decode_av, declared_duration
 from .prompt import split_words
 
 MAX_CAPTION_WORDS = 16
@@ -39,9 +39,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AVGEN_CACHE", Path.home() / ".cache" / "avgen")) / "folder"
 
 
+# What the cached arrays depend on besides the file and the spec: bump it when decoding changes
+# (2: frames shrunk to `decode_side(spec)` as they are decoded, not from full size).
+DECODER_VERSION = 2
+
+
+def decode_side(spec: ClipSpec) -> int:
+    """The largest side a file's frames are decoded at: four times the clip's (at least 64 px), enough
+    for an area resize to the clip's size, and a 4K or 8K phone clip never sits in memory at full size."""
+    return max(64, 4 * max(spec.height, spec.width))
+
+
 def _cache_key(path: Path, spec: ClipSpec) -> str:
     st = path.stat()
-    ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, spec.to_dict()], sort_keys=True)
+    ident = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, spec.to_dict(), DECODER_VERSION],
+                       sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
@@ -96,7 +108,11 @@ class FolderDataset:
             arrays = np.load(fpath, allow_pickle=False), np.load(apath, allow_pickle=False)
         else:
             try:
-                clip = conform(decode_av(p, max_duration_s=self.max_file_s), self.spec)
+                declared = declared_duration(p)  # refuse a short file from its header, before decoding it
+                if declared is not None and declared < self.spec.duration - 0.5 / self.spec.fps:
+                    raise AVReadError(f"{p}: too short ({declared:.2f} s < {self.spec.duration:g} s)")
+                clip = conform(decode_av(p, max_duration_s=self.max_file_s, max_side=decode_side(self.spec)),
+                               self.spec)
             except AVReadError as e:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 bad.write_text(str(e).split(": ", 1)[-1])

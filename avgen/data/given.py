@@ -10,7 +10,7 @@ import av
 import numpy as np
 
 from .clip import ClipSpec
-from .io import AVReadError, conform, decode_av
+from .io import AVReadError, check_media_path, conform, decode_av
 
 GIVEN_KINDS = ("audio", "video")
 
@@ -54,11 +54,8 @@ def read_given(path, spec: ClipSpec, kind: str, limits: MediaLimits = MediaLimit
 
 
 def _check_given_file(p: Path, limits: MediaLimits, name: str) -> None:
-    """The cheap refusals, before any decoding: not a file, empty, too big, declared too long."""
-    if not p.exists():
-        raise AVReadError(f"{name}: no such file")
-    if not p.is_file():
-        raise AVReadError(f"{name}: is a directory, expected an audio or video file")
+    """The cheap refusals, before any decoding: not a regular file, empty, too big."""
+    check_media_path(p, name)
     size = p.stat().st_size
     if size == 0:
         raise AVReadError(f"{name}: is empty (0 bytes)")

@@ -8,6 +8,7 @@ with the audio placed on the video clock: sample 0 of the clip is at the first v
 from __future__ import annotations
 
 import math
+import stat
 import wave
 from dataclasses import dataclass
 from fractions import Fraction
@@ -139,6 +140,41 @@ def write_frames(clip: Clip, out_dir) -> Path:
 
 
 # ----------------------------------------------------------------------------- reading
+NOT_A_FILE = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_media_path(p: Path, name: str | None = None) -> None:
+    """Refuse, before anything opens it, a path that is not a regular file: opening a named pipe blocks
+    until someone writes to it, and a device such as /dev/zero never ends. One line naming it."""
+    name = name or str(p)
+    try:
+        mode = p.stat().st_mode  # follows symlinks: a link to a file is a file
+    except FileNotFoundError:
+        raise AVReadError(f"{name}: no such file") from None
+    except OSError as e:
+        raise AVReadError(f"{name}: cannot be read ({e.strerror or type(e).__name__})") from None
+    for test, what in NOT_A_FILE:
+        if test(mode):
+            raise AVReadError(f"{name}: is {what}, expected an audio or video file")
+    if not stat.S_ISREG(mode):
+        raise AVReadError(f"{name}: is not a regular file, expected an audio or video file")
+
+
+def declared_duration(p: Path) -> float | None:
+    """Seconds a media file's header declares (None when it declares none), without decoding it."""
+    try:
+        with av.open(str(p)) as container:
+            if container.duration:
+                return container.duration / 1e6  # AV_TIME_BASE units
+            vs = container.streams.video
+            if vs and vs[0].duration and vs[0].time_base:
+                return float(vs[0].duration * vs[0].time_base)
+    except Exception:  # noqa: BLE001 - unreadable: decode_av says why, in its own words
+        return None
+    return None
+
+
 @dataclass
 class Decoded:
     """A media file decoded at its native rates, on the video clock."""
@@ -200,10 +236,7 @@ def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True
     they are decoded (keeping their aspect), so a 4K upload never sits in memory at 4K.
     """
     p = Path(path)
-    if not p.exists():
-        raise AVReadError(f"{p}: no such file")
-    if p.is_dir():
-        raise AVReadError(f"{p}: is a directory, expected a video file")
+    check_media_path(p)
     try:
         container = av.open(str(p))
     except Exception as e:  # PyAV raises many error types for bad input

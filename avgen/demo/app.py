@@ -21,8 +21,10 @@ import threading
 from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from avgen.api.settings import SETTINGS, GenerateSettings
+from avgen.demo.guard import StudioBlocks, UploadQuota
 from avgen.demo.inputs import DemoLimits
 from avgen.demo.studio import DEVICE_CHOICES, Studio, StudioStopped, report_json, report_markdown
 from avgen.model.config import default_interval
@@ -43,7 +45,8 @@ POSTER_JS = """(report) => {
 CSS = """
 #result-video .controls { opacity: 1 !important; }
 """
-MAX_QUEUE = 32  # people waiting beyond this are told the studio is busy instead of waiting for minutes
+MAX_QUEUE = 32
+CACHE_S = 3600  # Gradio's cache keeps uploads and served results this long; the upload quota's window  # people waiting beyond this are told the studio is busy instead of waiting for minutes
 INTRO = """# avgen studio
 One diffusion model makes a short video **and** its soundtrack together. Type up to {max_events} digits
 (`3 1 4`): each digit appears on screen exactly while a voice says it. Leave the prompt empty for an
@@ -61,7 +64,7 @@ def build_app(weights=None, device: str = "auto", limits: DemoLimits = DemoLimit
     if warm_up:
         studio.warm_up()
     presets = load_presets(seeds_dir)
-    with gr.Blocks(title="avgen studio", analytics_enabled=False, delete_cache=(600, 3600)) as app:
+    with StudioBlocks(title="avgen studio", analytics_enabled=False, delete_cache=(600, CACHE_S)) as app:
         gr.Markdown(INTRO.format(max_events=studio.max_events))
         if studio.judges_note:
             gr.Markdown(f"**Note:** {studio.judges_note}")
@@ -73,6 +76,7 @@ def build_app(weights=None, device: str = "auto", limits: DemoLimits = DemoLimit
         if presets:
             _examples(presets, ins)
         _wire(studio, ins, outs)
+        app.check_inputs("generate", API_NAMES)  # a malformed API call is refused naming the input (guard.py)
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     app.avgen_studio, app.avgen_workdir = studio, workdir  # read by launch() and by tests
     return app
@@ -88,9 +92,15 @@ def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int | None = 7860, sha
     limits = app.avgen_studio.limits
     previous = _exit_on_sigterm()
     try:
-        return app.launch(server_name=host, server_port=port, share=share, allowed_paths=[str(app.avgen_workdir)],
+        quota = Middleware(UploadQuota, max_files=limits.quota_files, max_bytes=limits.quota_mb * 2 ** 20,
+                           per_file=limits.max_upload_bytes, window_s=CACHE_S)
+        # the results folder is allowed only so that Gradio may copy each result into its cache, from where
+        # it is served (under a keyed hash); the folder's own names are random and never sent to anyone
+        return app.launch(server_name=host, server_port=port, share=share,
+                          allowed_paths=[str(app.avgen_studio.results_dir)],
                           max_file_size=f"{limits.max_upload_mb}mb", show_error=True, ssr_mode=False,
-                          run_history=False, enable_monitoring=False, css=CSS, **kwargs)
+                          run_history=False, enable_monitoring=False, css=CSS,
+                          app_kwargs={"middleware": [quota]}, **kwargs)
     finally:
         if not kwargs.get("prevent_thread_lock"):  # the call served until it was stopped: this is shutdown
             app.avgen_studio.stop()
@@ -215,6 +225,7 @@ def _examples(presets: list[SeedPreset], ins: dict) -> None:
 # ----------------------------------------------------------------------------- events
 GENERATE_INPUTS = ("mode", "prompt", "seed", "steps", "guidance", "audio_guidance", "modality", "sampler",
                    "device", "audio", "video", "guide_lo", "guide_hi", "postfilter")
+API_NAMES = GENERATE_INPUTS  # the /generate endpoint's parameters, as its API page and its refusals name them
 
 
 def _wire(studio: Studio, ins: dict, outs: dict) -> None:

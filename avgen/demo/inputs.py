@@ -31,6 +31,10 @@ class DemoLimits:
     max_upload_mb: int = 20  # also passed to Gradio, which refuses bigger uploads before they land
     silence_dbfs: float = -50.0  # an upload whose peak stays under this holds no usable sound
     keep_results: int = 32  # result folders kept on disk; older ones are deleted
+    # uploads one address may make within the hour Gradio's cache keeps them: ten 19 MB uploads in two
+    # seconds must not fill the disk, and a person trying a few sounds never meets the limit
+    quota_files: int = 30
+    quota_mb: int = 100
 
     @property
     def max_upload_bytes(self) -> int:

@@ -6,8 +6,8 @@ The Gradio page (`app.py`) is a thin layer over `Studio.run`; tests drive `Studi
 """
 from __future__ import annotations
 
-import itertools
 import math
+import secrets
 import shutil
 import tempfile
 import threading
@@ -76,7 +76,7 @@ class Studio:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="avgen-studio-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._ids = itertools.count()
+        self._made: list[Path] = []  # result folders, oldest first (their names are random)
         # guards `_live` and the pruning; re-entrant, because a dropped result's finaliser may run
         # (garbage collection) on a thread that is pruning
         self._folders = threading.RLock()
@@ -98,6 +98,11 @@ class Studio:
     @property
     def max_events(self) -> int:
         return int(self.pipe.transformer.config.max_events)
+
+    @property
+    def results_dir(self) -> Path:
+        """Where results are written (each in its own randomly named folder, see `_result_dir`)."""
+        return self.workdir / "results"
 
     @property
     def samplers(self) -> tuple[str, ...]:
@@ -221,15 +226,21 @@ class Studio:
             self.pipe.to(target)
 
     def _result_dir(self) -> Path:
-        """A fresh folder for one result, live until it is inspected. The oldest folders beyond
-        `keep_results` are deleted (the page has already served them, and Gradio keeps its own copy in
-        its cache), except live ones: another request may still be writing or measuring its clip there."""
+        """A fresh folder for one result, live until it is inspected, named by 128 random bits: the page
+        serves each visitor Gradio's own copy of a result (under a keyed hash of its content), and nobody
+        can name another visitor's folder (numbered folders could be counted down from one's own). The
+        oldest folders beyond `keep_results` are deleted (Gradio keeps its copy), except live ones:
+        another request may still be writing or measuring its clip there."""
         with self._folders:
-            out = self.workdir / "results" / f"{next(self._ids):06d}"
+            out = self.results_dir / secrets.token_hex(16)
             out.mkdir(parents=True)
             self._live.add(out)
-            for d in sorted(out.parent.iterdir())[: -self.limits.keep_results]:
-                if d not in self._live:
+            self._made.append(out)
+            old, self._made = self._made[: -self.limits.keep_results], self._made[-self.limits.keep_results:]
+            for d in old:
+                if d in self._live:
+                    self._made.insert(0, d)  # pruned later, once its request is done with it
+                else:
                     shutil.rmtree(d, ignore_errors=True)
         return out
 

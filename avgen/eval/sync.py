@@ -161,7 +161,9 @@ def horn_schunck(frames: np.ndarray, alpha: float = 0.1, iters: int = 40) -> np.
     Schunck's dense flow (1981) measures the same quantity, all frame pairs at once.
     """
     a, b = frames[:-1].astype(np.float64), frames[1:].astype(np.float64)
-    iy, ix = np.gradient(0.5 * (a + b), axis=(1, 2))  # spatial gradients of the pair's mean
+    mean = 0.5 * (a + b)
+    # spatial gradients of the pair's mean; none along a side one pixel wide (a thin strip of video)
+    iy, ix = (np.gradient(mean, axis=k) if mean.shape[k] > 1 else np.zeros_like(mean) for k in (1, 2))
     it = b - a
     den = alpha ** 2 + ix ** 2 + iy ** 2
     u, v = np.zeros_like(a), np.zeros_like(a)

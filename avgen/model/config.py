@@ -99,6 +99,11 @@ class ModelConfig:
     # before this key was trained with, so a saved config without it means what it meant; the presets
     # below choose the exact "gelu".
     mlp_activation: str = KEYLESS_MLP_ACTIVATION
+    # A linear probe per media stream, on the residual stream after half the blocks, that names the label
+    # of each token in A2V / V2A samples (`ObjectiveConfig.label_weight`): the clean stream must read what
+    # its own content says (the spoken digit, the drawn one), and the noisy stream what the clean one
+    # says, across. Used in training only; off for older weights.
+    label_probe: bool = False
 
     def __post_init__(self):
         if self.mlp_activation not in MLP_ACTIVATIONS:
@@ -172,6 +177,10 @@ class ObjectiveConfig:
     # a real share of training). < 0: the same as p_drop_prompt. Decided by the same draw, so runs
     # that leave it unset replay exactly.
     p_drop_prompt_given: float = -1.0
+    # Weight of the label probe's cross-entropy on the tokens of a modality held clean (models with
+    # `label_probe`; 0 = off). An auxiliary task on an intermediate layer, as REPA aligns one (Yu et al.
+    # 2025, "Representation Alignment for Generation"), here with the clip's own ground-truth labels.
+    label_weight: float = 0.0
     p_drop_cross: float = 0.1
     p_drop_timeline: float = 0.3  # models with a timeline input: how often it is withheld (so --no-timeline works)
     t_min: float = 0.05  # clamp of t in v_pred = (x_t - x0_pred) / t (bounds the weight at 1/t_min^2)
@@ -184,6 +193,8 @@ class ObjectiveConfig:
     def __post_init__(self):
         if not 0 <= 2 * self.p_clean <= 1:
             raise ValueError(f"p_clean must lie in [0, 0.5], got {self.p_clean}")
+        if not 0 <= self.label_weight < 100:
+            raise ValueError(f"label_weight must lie in [0, 100), got {self.label_weight}")
         if self.p_drop_prompt_given > 1:
             raise ValueError(f"p_drop_prompt_given must lie in [0, 1] (or < 0: as p_drop_prompt), "
                              f"got {self.p_drop_prompt_given}")

@@ -184,6 +184,11 @@ def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, promp
         unknown = getattr(model, "module", model).config.max_events + 1  # through a DDP wrapper too
         keep = draws.keep_timeline[:, None]  # (B, 1)
         extra["slots"] = torch.where(keep & (slots >= 0), slots, torch.full_like(slots, unknown))
+    labelled = cfg.label_weight > 0 and slots is not None
+    if labelled:
+        if getattr(model, "module", model).probe is None:
+            raise ValueError("objective.label_weight > 0 needs a model with the label probe (model.label_probe=true)")
+        extra["label_logits"] = True
     pred = model(x_t["video"], x_t["audio"], t["video"], t["audio"], prompt_ids,
                  prompt_mask.bool() & draws.keep_prompt[:, None], cross_modal=draws.cross_modal, **extra)
     loss, stats = torch.zeros((), device=device), {}
@@ -193,5 +198,34 @@ def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, promp
         noisy = (t[m] > 0).float()  # (B,): a modality held clean has nothing to learn
         loss = loss + (per_sample * noisy).mean()
         stats[f"loss_{m}"] = float((per_sample.detach() * noisy).sum() / noisy.sum().clamp_min(1))
+    if labelled:
+        label_loss, label_stats = label_probe_loss(pred, slots, prompt_ids, t)
+        loss = loss + cfg.label_weight * label_loss
+        stats.update(label_stats)
     stats["loss"] = float(loss.detach())
     return loss, stats
+
+
+def label_probe_loss(pred: dict[str, torch.Tensor], slots: torch.Tensor, prompt_ids: torch.Tensor,
+                     t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of the label probe against the clip's ground truth (0 outside events, 1 + the label
+    id of the event a token is in; the prompt ids, before any prompt dropout, are the clip's true labels
+    in order), on the tokens of every sample with a modality held clean: there the clean stream must say
+    what its own content shows, and the noisy one what the clean one says (which it can only read
+    across, through the cross-modal attention of the blocks before the probe). Tokens of clips without
+    events (slot -1) do not count. Averaged over the counted tokens; 0 (graph kept) when none count."""
+    index = (slots - 1).clamp(0, prompt_ids.shape[1] - 1)  # (B, N)
+    truth = torch.where(slots > 0, torch.gather(prompt_ids, 1, index) + 1, torch.zeros_like(slots))
+    total, right, counted, stats = 0.0, 0.0, 0, {}
+    loss = torch.zeros((), device=slots.device)
+    given = (t["video"] == 0) | (t["audio"] == 0)  # (B,): A2V / V2A samples
+    for m in MEDIA:
+        logits = pred[f"{m}_labels"].float()  # (B, N, 1 + V)
+        use = given[:, None] & (slots >= 0)  # (B, N)
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), truth, reduction="none")  # (B, N)
+        loss = loss + (ce * use).sum() + 0.0 * logits.sum()  # the 0 term keeps both heads in every graph
+        hits = (logits.argmax(-1) == truth) & use
+        stats[f"label_acc_{m}"] = float(hits.sum() / use.sum().clamp_min(1))
+        counted += int(use.sum())
+    stats["label_ce"] = float(loss.detach() / max(1, counted))
+    return loss / max(1, counted), stats

@@ -164,10 +164,10 @@ class AVDiT(ModelMixin, ConfigMixin):
                  mlp_ratio: float = 4.0, rope_min_period_s: float = 0.125, rope_max_period_s: float = 32.0,
                  token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None,
                  count_cond: bool = False, timeline_cond: bool = False, layout_prior: dict | None = None,
-                 mlp_activation: str = KEYLESS_MLP_ACTIVATION):
+                 mlp_activation: str = KEYLESS_MLP_ACTIVATION, label_probe: bool = False):
         super().__init__()
         ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s,
-                    count_cond, timeline_cond, mlp_activation)  # validates
+                    count_cond, timeline_cond, mlp_activation, label_probe)  # validates
         d = hidden_size
         self.head_dim = d // num_heads
         self.embed = nn.ModuleDict({"video": nn.Linear(video_dim, d), "audio": nn.Linear(audio_dim, d)})
@@ -185,6 +185,11 @@ class AVDiT(ModelMixin, ConfigMixin):
         self.slot_label = nn.Linear(d, d) if timeline_cond else None
         self.blocks = nn.ModuleList([AVDiTBlock(d, num_heads, mlp_ratio, mlp_activation) for _ in range(depth)])
         self.final = nn.ModuleDict({"video": FinalLayer(d, video_dim), "audio": FinalLayer(d, audio_dim)})
+        # training only (see ModelConfig.label_probe): per stream, the residual stream after `depth // 2`
+        # blocks -> no event (0) or which vocabulary label (1 + id); zero at init
+        self.probe = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d, elementwise_affine=False, eps=1e-6),
+                                                          nn.Linear(d, len(vocab) + 1)) for m in MEDIA}) \
+            if label_probe else None
         self.initialize_weights()
 
     @classmethod
@@ -224,6 +229,9 @@ class AVDiT(ModelMixin, ConfigMixin):
             for layer in (final.ada[-1], final.linear):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
+        for head in (self.probe or {}).values():
+            nn.init.zeros_(head[-1].weight)
+            nn.init.zeros_(head[-1].bias)
 
     def default_token_times(self, num_tokens: int, device) -> torch.Tensor:
         """(N,) centre of each token in seconds (the codec's `token_times`, from the stored rate)."""
@@ -284,8 +292,8 @@ class AVDiT(ModelMixin, ConfigMixin):
     def forward(self, video: torch.Tensor, audio: torch.Tensor, t_video: torch.Tensor, t_audio: torch.Tensor,
                 prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, cross_modal: bool | torch.Tensor = True,
                 token_times: torch.Tensor | None = None, slots: torch.Tensor | None = None,
-                prompt_states: PromptStates | None = None, modulation: Modulation | None = None
-                ) -> dict[str, torch.Tensor]:
+                prompt_states: PromptStates | None = None, modulation: Modulation | None = None,
+                label_logits: bool = False) -> dict[str, torch.Tensor]:
         """Noisy tokens at their own noise levels -> predicted clean tokens {video, audio}.
 
         video (B, N, Dv), audio (B, N, Da), t_video / t_audio (B,) in [0, 1] (0 = clean),
@@ -297,6 +305,8 @@ class AVDiT(ModelMixin, ConfigMixin):
         modulation: `modulation(t_video, t_audio, prompt_mask)` of these rows, likewise (a sampler
         computes all of its steps' at once); None computes it here.
         prompt_ids / prompt_mask are needed either way (label count, timeline labels).
+        label_logits: also return the label probe's logits, "{video,audio}_labels" (B, N, 1 + vocab)
+        (a model with `label_probe`; training only).
         """
         batch, num_tokens = video.shape[:2]
         if audio.shape[1] != num_tokens:
@@ -319,7 +329,11 @@ class AVDiT(ModelMixin, ConfigMixin):
         if self.slot_embed is not None:
             timeline = self.embed_timeline(slots, prompt_ids, prompt_mask.bool(), batch, num_tokens)  # (B, N, D)
             x["video"], x["audio"] = x["video"] + timeline, x["audio"] + timeline
-        for block, mod, k, v in zip(self.blocks, modulation.blocks, prompt_states.keys, prompt_states.values,
-                                    strict=True):
+        logits = {}
+        for i, (block, mod, k, v) in enumerate(zip(self.blocks, modulation.blocks, prompt_states.keys,
+                                                   prompt_states.values, strict=True)):
             x = block(x, mod, layout, k, v)  # {modality: (B, N, D)}
-        return {m: self.final[m](x[m], modulation.final[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}
+            if label_logits and i + 1 == len(self.blocks) // 2:
+                logits = {f"{m}_labels": self.probe[m](x[m]) for m in MEDIA}  # (B, N, 1 + vocab)
+        out = {m: self.final[m](x[m], modulation.final[m]) for m in MEDIA}  # {video: (B, N, Dv), audio: (B, N, Da)}
+        return {**out, **logits}

@@ -141,13 +141,15 @@ def shrink(frames: np.ndarray, max_side: int) -> np.ndarray:
     """(T, H, W) -> area mean over k x k blocks, k the smallest factor giving <= max_side per side.
 
     The few edge pixels past a multiple of k are dropped: cheaper than a resampler and, for
-    envelopes of whole-frame change, invisible.
+    envelopes of whole-frame change, invisible. A side shorter than k (a 2 x 1000 strip) is averaged
+    whole, so at least one pixel is left of it.
     """
     k = max(1, math.ceil(max(frames.shape[1:]) / max_side))
     if k == 1:
         return frames
-    h, w = frames.shape[1] // k * k, frames.shape[2] // k * k
-    return rearrange(frames[:, :h, :w], "t (h a) (w b) -> t h w a b", a=k, b=k).mean(axis=(3, 4))
+    kh, kw = min(k, frames.shape[1]), min(k, frames.shape[2])
+    h, w = frames.shape[1] // kh * kh, frames.shape[2] // kw * kw
+    return rearrange(frames[:, :h, :w], "t (h a) (w b) -> t h w a b", a=kh, b=kw).mean(axis=(3, 4))
 
 
 # ----------------------------------------------------------------------------- tracks

@@ -50,11 +50,14 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
     if grow_depth is not None and init_from is None:
         raise ValueError("growing a model's depth needs the pretrained model to grow (--init-from)")
     checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        log(f"--resume: {run_dir} holds no checkpoint yet: the run starts from step 0")
     if checkpoint is not None and init_from is not None:
         log(f"resuming from {checkpoint.name}: --init-from {init_from} is ignored")
     pretrained = load_network(init_from) if init_from is not None and checkpoint is None else None
     if pretrained is not None:
-        wanted = {"count_cond": cfg.model.count_cond, "timeline_cond": cfg.model.timeline_cond}
+        wanted = {"count_cond": cfg.model.count_cond, "timeline_cond": cfg.model.timeline_cond,
+                  "label_probe": cfg.model.label_probe}
         prior = None
         if cfg.model.timeline_cond and not pretrained.config.get("timeline_cond", False):
             theirs = config_of_model(cfg, pretrained)  # the pretrained model's clip spec and codec

@@ -13,7 +13,8 @@ from avgen.model.timeline import LayoutPrior
 from avgen.model.transformer import AVDiT
 from avgen.train.config import TrainConfig
 
-GROWABLE = {"count_cond": ("count_embed.",), "timeline_cond": ("slot_embed.", "slot_label.")}
+GROWABLE = {"count_cond": ("count_embed.",), "timeline_cond": ("slot_embed.", "slot_label."),
+            "label_probe": ("probe.",)}
 
 
 def grow(model: AVDiT, wanted: dict[str, bool], log, layout_prior: dict | None = None, depth: int | None = None,
