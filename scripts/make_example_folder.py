@@ -12,7 +12,6 @@ caption `NAME.txt` lists the kinds in order ("bell drum"), which is all a user w
 from __future__ import annotations
 
 import argparse
-import math
 from fractions import Fraction
 from pathlib import Path
 
@@ -100,7 +99,7 @@ def whoosh_sound(n, rng):
 def click_sound(n, rng):
     x = np.zeros(n)
     period = int(RATE / rng.uniform(18, 24))
-    for k in range(0, n, period):
+    for k in range(0, n - 40, period):  # whole clicks only
         x[k:k + 40] = np.hanning(80)[40:] * rng.choice([-1, 1])
     return x
 

@@ -313,6 +313,29 @@ def test_weights_made_before_the_count_input_load_without_it_and_can_grow_it(tmp
     assert grow(loaded, {"count_cond": False}, lambda msg: None) is loaded
 
 
+def test_a_grey_model_coloured_for_rgb_computes_what_it_did_on_grey_frames():
+    """`surgery.colour`: the RGB model reads each pixel's luma and writes its grey into every channel, so a
+    grey clip (R = G = B) gets the pretrained model's prediction, channel for channel."""
+    from avgen.train.surgery import colour
+
+    grey = randomised(tiny())
+    rgb = colour(grey, 3, lambda msg: None).eval()
+    assert rgb.config.clip_spec["channels"] == 3 and rgb.config.video_dim == 3 * grey.config.video_dim
+    x = inputs()
+    x_rgb = dict(x, video=x["video"].repeat_interleave(3, dim=-1))  # tokens are (frame, h, w, c), c innermost
+    with torch.no_grad():
+        want, got = grey(**x), rgb(**x_rgb)
+    assert torch.allclose(got["audio"], want["audio"], atol=1e-5)
+    assert torch.allclose(got["video"], want["video"].repeat_interleave(3, dim=-1), atol=1e-5)
+    assert colour(rgb, 3, lambda msg: None) is rgb and colour(grey, 1, lambda msg: None) is grey
+    # the colour matters to the coloured model: a red and a blue frame of the same grey differ
+    red, blue = x["video"].clone(), x["video"].clone()
+    red = torch.stack([red, -torch.ones_like(red), -torch.ones_like(red)], -1).flatten(-2)
+    blue = torch.stack([-torch.ones_like(blue), -torch.ones_like(blue), blue], -1).flatten(-2)
+    with torch.no_grad():
+        assert (rgb(**dict(x, video=red))["audio"] - rgb(**dict(x, video=blue))["audio"]).abs().max() > 1e-3
+
+
 def test_the_ffn_activation_is_named_by_the_config_and_older_configs_keep_tanh(tmp_path):
     """`mlp_activation`: the presets take the exact GELU; a config written before the key existed
     means the tanh approximation it was trained with; the two are close but not the same function."""

@@ -84,6 +84,8 @@ def cmd_stats(args) -> int:
            "event_duration_s": {"median": float(np.median(durs)), "max": float(np.max(durs))} if durs else {}}
     if args.dataset == "talking-digits":
         out["trimming"] = trimming_report(ds.root)
+    if hasattr(ds, "timeline_report"):  # a folder: which clips got a timeline from their events, and why not
+        out["timelines"] = ds.timeline_report()
     print(dumps(out))
     return 0
 

@@ -6,9 +6,11 @@
     avgen eval --generate N --weights DIR --json OUT.json [--duration S] [--dataset shapes]
     avgen eval --generate N --weights DIR --mode a2v|v2a [--no-prompt]     # from real test audio / video
     avgen eval --dataset talking-digits --denoise-error [--weights DIR] [--split train] [--n 256]
+    avgen eval --generate N --weights DIR --dataset folder:PATH --judges JUDGES   # your own clips
 
 Digits are read by the two trained judges (weights/judges); shapes clips by template judges
-(avgen/eval/shape_judges.py, nothing to load), so glyph / tone accuracy fills the digit fields.
+(avgen/eval/shape_judges.py, nothing to load), so glyph / tone accuracy fills the digit fields; a
+folder's labels by the judges `avgen judges train --dataset folder:PATH` made for it.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def register(sub) -> None:
                    "(plots go beside it: NAME.envelopes.png, NAME.offsets.png)")
     p.add_argument("--prompts", default=None, help="JSON manifest {file: prompt} for digit accuracy of given files")
     g = p.add_argument_group("dataset controls (render real clips, write mp4, evaluate the files)")
-    g.add_argument("--dataset", default=None, help="talking-digits or shapes (with --generate: the real reference)")
+    g.add_argument("--dataset", default=None, help="talking-digits, shapes or folder:PATH (with --generate: the real reference)")
     g.add_argument("--split", default="test", choices=["train", "test"])
     g.add_argument("--n", type=whole(1, 100_000), default=100, help="clips to render (default: %(default)s)")
     g.add_argument("--shift-ms", type=number(-10_000.0, 10_000.0), default=0.0,
@@ -131,6 +133,7 @@ def mode_of(args) -> str:
 
 
 def load_judges(args, required: bool):
+    from avgen.eval.folder_judges import MIN_RELIABLE
     from avgen.eval.judges import Judges
 
     if args.no_judges:
@@ -141,8 +144,12 @@ def load_judges(args, required: bool):
         from avgen.eval.shape_judges import ShapeJudges
 
         return ShapeJudges.build()
+    if reference_name(args).startswith("folder:") and args.judges is None:
+        print("avgen eval: note: no judges for this folder's labels (make them with `avgen judges train --dataset "
+              f"{reference_name(args)} --out DIR`, then pass --judges DIR): sync only", file=sys.stderr)
+        return None
     try:
-        return Judges.load(args.judges)
+        return Judges.load(args.judges, min_accuracy=MIN_RELIABLE)
     except FileNotFoundError as e:
         if required:
             raise

@@ -1,15 +1,20 @@
-"""`avgen judges train`: train the image and speech digit judges the evaluation suite reads with.
+"""`avgen judges train`: train the picture and sound judges the evaluation suite reads with.
 
-Train splits only (MNIST t10k indices < 8000, FSDD takes 5-49); then accuracy is measured on
-the test splits, from the source files and from Talking Digits clips decoded from mp4, and
-written into each judge's JSON next to its safetensors weights.
+    avgen judges train                                      # the digit judges (weights/judges)
+    avgen judges train --dataset folder:PATH --out DIR      # judges of a captioned folder's own labels
+
+Digits: train splits only (MNIST t10k indices < 8000, FSDD takes 5-49); accuracy is then measured on
+the test splits, from the source files and from Talking Digits clips decoded from mp4. A folder: the
+events derived from its train files (see `avgen data stats --dataset folder:PATH`), measured on its
+held-out files. Either way the accuracy is written into each judge's JSON next to its safetensors
+weights, and `avgen eval --judges DIR` refuses judges that read too few held-out events right.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-from avgen.cli.args import SEED, whole
+from avgen.cli.args import SEED, UsageError, number, whole
 
 # Heavy modules (torch, diffusers, gradio) are imported inside the functions that run the command,
 # so that building the parser (`avgen --help`) stays fast.
@@ -21,7 +26,12 @@ def register(sub) -> None:
     jsub.required = True
     t = jsub.add_parser("train", help="train the image and speech judges and measure them on the test split",
                         description=__doc__)
-    t.add_argument("--out", type=Path, default=None, help="output folder (default: weights/judges)")
+    t.add_argument("--out", type=Path, default=None, help="output folder (default: weights/judges; required with "
+                   "--dataset)")
+    t.add_argument("--dataset", default=None, metavar="folder:PATH",
+                   help="judges for a captioned folder's labels instead of the digits")
+    t.add_argument("--holdout", type=number(0.0, 0.9), default=0.1,
+                   help="with --dataset: the share of files held out to measure the judges (default: %(default)s)")
     t.add_argument("--which", nargs="+", choices=["image", "speech"], default=["image", "speech"])
     t.add_argument("--epochs", type=whole(1, 10_000), default=None, help="override the presets' epoch counts")
     t.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tiny nets, 1 epoch, 256 items)")
@@ -36,12 +46,30 @@ def register(sub) -> None:
 def cmd_train(args) -> int:
     import torch
 
+    if args.dataset is not None and (not args.dataset.startswith("folder:") or args.out is None):
+        raise UsageError("--dataset takes folder:PATH, and needs --out DIR (the digit judges live in weights/judges)")
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
     try:
-        return train_and_check(args)
+        return train_folder(args) if args.dataset else train_and_check(args)
     finally:
         torch.set_num_threads(threads)
+
+
+def train_folder(args) -> int:
+    from avgen.data import make_dataset
+    from avgen.eval.folder_judges import MIN_RELIABLE, save_judges, train_folder_judges
+
+    train = make_dataset(args.dataset, split="train", holdout=args.holdout)
+    test = make_dataset(args.dataset, split="test", holdout=args.holdout)
+    judges, report = train_folder_judges(train, test, seed=args.seed, small=args.tiny)
+    save_judges(judges, args.out)
+    for name, what in (("image", "picture"), ("speech", "sound")):
+        acc = report[f"{name}_heldout_accuracy"]
+        verdict = "" if acc >= MIN_RELIABLE else f": under {MIN_RELIABLE:.0%}, `avgen eval` will refuse to score with it"
+        print(f"  {what} judge: {acc:.1%} of {report['heldout_events']} held-out events read right{verdict}")
+    print(f"wrote the judges of {len(report['labels'])} labels ({', '.join(report['labels'])}) to {args.out}")
+    return 0
 
 
 def train_and_check(args) -> int:

@@ -70,6 +70,8 @@ class Vocabulary:
         """How a person is told what the vocabulary holds."""
         if self.labels == tuple("0123456789"):
             return "digits 0-9"
+        if not self.labels:
+            return "no labels (only unconditional clips)"
         return "the labels " + ", ".join(self.labels)
 
     def parse(self, text: str | Prompt | None) -> Prompt:
@@ -87,6 +89,9 @@ class Vocabulary:
             if self.single_characters:
                 words = [ch for w in words for ch in w]
         bad = [w for w in words if w not in self.labels]
+        if bad and not self.labels:
+            raise PromptError("these weights have no labels (trained on clips without captions); "
+                              "leave the prompt empty for an unconditional clip")
         if bad:
             raise PromptError(f"the prompt may only hold {self.describe()}; {_shown(bad[0])} is not one "
                               "(leave it empty for an unconditional clip)")

@@ -73,8 +73,11 @@ def build_app(weights=None, device: str = "auto", limits: DemoLimits = DemoLimit
                 ins = _inputs(studio, device)
             with gr.Column(scale=3):
                 outs = _outputs()
-        if presets:
-            _examples(presets, ins)
+        fitting = [p for p in presets if fits(studio, p.prompt)]  # the shipped seeds, for the shipped vocabulary
+        if fitting:
+            _examples(fitting, ins)
+        else:  # other weights (a user's folder): the prompts of their own training data
+            _prompt_examples(studio.pipe.transformer.config.get("example_prompts") or [], ins)
         _wire(studio, ins, outs)
         app.check_inputs("generate", API_NAMES)  # a malformed API call is refused naming the input (guard.py)
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
@@ -214,6 +217,23 @@ def example_row(p: SeedPreset) -> list:
 def example_label(p: SeedPreset) -> str:
     """What a preset's button says: its prompt and seed, and whether its recorded clip met the bar."""
     return f"{p.prompt}  (seed {p.seed}{', below the bar' if p.bar_failures() else ''})"
+
+
+def fits(studio: Studio, prompt: str) -> bool:
+    """Whether the loaded model reads `prompt` (the seeds in seeds/ are for the shipped digits)."""
+    try:
+        studio.pipe.vocabulary.parse(prompt)
+    except ValueError:
+        return False
+    return True
+
+
+def _prompt_examples(prompts: list[str], ins: dict) -> None:
+    d = GenerateSettings()
+    if prompts:
+        gr.Examples([[p, d.seed] for p in prompts], [ins["prompt"], ins["seed"]],
+                    label="prompts from the data these weights were trained on (click one, then Generate)",
+                    cache_examples=False)
 
 
 def _examples(presets: list[SeedPreset], ins: dict) -> None:

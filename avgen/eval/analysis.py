@@ -83,6 +83,8 @@ def analyse(sig: AVSignal, cfg: EvalConfig = EvalConfig(), judges: Judges | None
         rec["prompt"] = prompt
         if prompt.split():  # one event per prompt label, in each modality (the judges are not needed)
             rec.update({f"{m}_count_counts": [int(len(events[m]) == len(prompt.split())), 1] for m in MEDIA})
+    # as many events in the picture as in the sound (what an unconditional clip can be asked)
+    rec["av_count_counts"] = [int(len(events["video"]) == len(events["audio"])), 1]
     return Analysis(rec, env, events, features, cfg.onset.grid_s)
 
 
@@ -145,10 +147,12 @@ def sequence_score(reference: list[str], read: list[str]) -> tuple[int, int]:
 
 
 def prompt_scores(prompt: str, video: list[str], audio: list[str]) -> dict:
+    """Labels read against the prompt in each modality, and the two modalities against each other; an
+    empty prompt (an unconditional clip) has only the latter."""
     words = prompt.split()
+    pairs = {"video_digit": (words, video), "audio_digit": (words, audio)} if words else {}
     out = {}
-    for name, (ref, read) in {"video_digit": (words, video), "audio_digit": (words, audio),
-                              "av_agreement": (video, audio)}.items():
+    for name, (ref, read) in {**pairs, "av_agreement": (video, audio)}.items():
         correct, total = sequence_score(ref, read)
         out[f"{name}_counts"] = [correct, total]
     return out
@@ -205,7 +209,8 @@ SCALARS = ("av_offset_ms", "abs_offset_ms", "offset_confidence", "onset_precisio
 POOLED = {"video_digit_accuracy": "video_digit_counts", "audio_digit_accuracy": "audio_digit_counts",
           "av_agreement": "av_agreement_counts",
           # clips with exactly one event per prompt label (counting is what the digit accuracies hinge on)
-          "video_count_accuracy": "video_count_counts", "audio_count_accuracy": "audio_count_counts"}
+          "video_count_accuracy": "video_count_counts", "audio_count_accuracy": "audio_count_counts",
+          "av_count_agreement": "av_count_counts"}  # clips with as many events in the picture as in the sound
 
 
 def pooled(rows: np.ndarray) -> float:

@@ -177,10 +177,12 @@ def dataset_items(name: str, split: str, n: int, out_dir: Path, control: Control
     """Render n real clips (with a control), write them as mp4 and return them as items."""
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
-    ds = make_dataset(name, split=split, seed=seed, data_root=data_root)
     codec = None  # loaded once for all clips: the pipeline for renoise, else the codec alone
     if control.codec:
         codec = renoise_model(control) if control.renoise is not None else codec_of(control.codec)
+    # through a model's codec, the clips are rendered at its clip format (a folder read in RGB for an RGB model)
+    spec = None if codec is None else (codec.codec.spec if control.renoise is not None else codec.spec)
+    ds = make_dataset(name, split=split, seed=seed, data_root=data_root, spec=spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for k in range(n):

@@ -48,7 +48,10 @@ def error_sums(model, codec, batch: dict, levels, seed: int, first: int = 0) -> 
     for i, level in enumerate(levels):
         t = torch.full((x0["video"].shape[0],), float(level), device=device)
         x_t = {m: (1 - level) * x0[m] + level * noise[m] for m in MEDIA}
-        extra = {"slots": part["slots"]} if timeline else {}
+        # a clip without a known timeline (-1: a folder clip whose events did not fit its caption) is given
+        # the "unknown" slot, as training gives it
+        unknown = torch.full_like(part["slots"], model.config.max_events + 1)
+        extra = {"slots": torch.where(part["slots"] >= 0, part["slots"], unknown)} if timeline else {}
         pred = model(x_t["video"], x_t["audio"], t, t, part["ids"], part["mask"], **extra)
         for m in MEDIA:
             sums[m][i] = float((pred[m].float() - x0[m]).pow(2).mean(dim=(1, 2)).sum())

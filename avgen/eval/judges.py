@@ -158,10 +158,23 @@ class Reading:
 
 
 class Judge:
-    """A trained JudgeNet in eval mode, applied to batches of inputs."""
-    def __init__(self, net: JudgeNet):
+    """A trained JudgeNet in eval mode, applied to batches of inputs. `info`: what its JSON records
+    beside the config (how and on what it was trained, its held-out accuracy)."""
+
+    def __init__(self, net: JudgeNet, info: dict | None = None):
         self.net = net.eval()
         self.cfg = net.cfg
+        self.info = info or {}
+
+    @property
+    def accuracy(self) -> float | None:
+        """Its recorded accuracy on held-out examples (None when none is recorded)."""
+        for key in ("heldout_accuracy", "test_accuracy_mp4", "test_accuracy_source"):
+            value = self.info.get(key)
+            value = value.get("accuracy") if isinstance(value, dict) else value
+            if isinstance(value, (int, float)):
+                return float(value)
+        return None
 
     @torch.no_grad()
     def __call__(self, inputs: list[np.ndarray]) -> Reading:
@@ -190,12 +203,13 @@ class Judge:
             raise FileNotFoundError(f"no trained {name} judge in {d} (expected {cfg_path.name} and {w_path.name}); "
                                     "train one with `avgen judges train`")
         try:
-            net = JudgeNet(JudgeConfig.from_json(json.loads(cfg_path.read_text())["config"]))
-        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+            info = json.loads(cfg_path.read_text())
+            net = JudgeNet(JudgeConfig.from_json(info.pop("config")))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
             raise CheckpointError(f"{cfg_path}: not a usable judge config ({' '.join(str(e).split())})") from None
         check_weights_file(w_path, {k: tuple(v.shape) for k, v in net.state_dict().items()})  # names the file
         net.load_state_dict(load_file(str(w_path)), strict=True)
-        return cls(net)
+        return cls(net, info)
 
 
 @dataclass
@@ -204,9 +218,18 @@ class Judges:
     speech: Judge
 
     @classmethod
-    def load(cls, path=None) -> "Judges":
+    def load(cls, path=None, min_accuracy: float | None = None) -> "Judges":
+        """The judges in `path` (default: the shipped digit judges). With `min_accuracy`, judges whose
+        recorded held-out accuracy is below it are refused: their readings would not mean anything."""
         d = Path(path) if path else DEFAULT_DIR
-        return cls(Judge.load(d, "image"), Judge.load(d, "speech"))
+        judges = cls(Judge.load(d, "image"), Judge.load(d, "speech"))
+        if min_accuracy is not None:
+            for name, judge in (("picture", judges.image), ("sound", judges.speech)):
+                if judge.accuracy is not None and judge.accuracy < min_accuracy:
+                    raise ValueError(f"the {name} judge in {d} reads only {judge.accuracy:.0%} of its held-out events "
+                                     f"right (under {min_accuracy:.0%}): its readings would not mean anything; "
+                                     "train it on more, or more distinct, clips")
+        return judges
 
 
 # ----------------------------------------------------------------------------- training data

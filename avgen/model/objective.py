@@ -216,7 +216,7 @@ def label_probe_loss(pred: dict[str, torch.Tensor], slots: torch.Tensor, prompt_
     events (slot -1) do not count. Averaged over the counted tokens; 0 (graph kept) when none count."""
     index = (slots - 1).clamp(0, prompt_ids.shape[1] - 1)  # (B, N)
     truth = torch.where(slots > 0, torch.gather(prompt_ids, 1, index) + 1, torch.zeros_like(slots))
-    total, right, counted, stats = 0.0, 0.0, 0, {}
+    counted, stats = 0, {}
     loss = torch.zeros((), device=slots.device)
     given = (t["video"] == 0) | (t["audio"] == 0)  # (B,): A2V / V2A samples
     for m in MEDIA:

@@ -156,6 +156,7 @@ class AVDiT(ModelMixin, ConfigMixin):
 
     `clip_spec`, `codec` and `vocab` are stored in the config so that a saved folder rebuilds the
     codec and the prompt vocabulary (see config.py); the network reads only `len(vocab)`.
+    `example_prompts`: a few prompts of the training data, which the studio offers as examples.
     """
 
     @register_to_config
@@ -164,14 +165,16 @@ class AVDiT(ModelMixin, ConfigMixin):
                  mlp_ratio: float = 4.0, rope_min_period_s: float = 0.125, rope_max_period_s: float = 32.0,
                  token_seconds: float = 1 / 16, clip_spec: dict | None = None, codec: dict | None = None,
                  count_cond: bool = False, timeline_cond: bool = False, layout_prior: dict | None = None,
-                 mlp_activation: str = KEYLESS_MLP_ACTIVATION, label_probe: bool = False):
+                 mlp_activation: str = KEYLESS_MLP_ACTIVATION, label_probe: bool = False,
+                 example_prompts: list[str] | None = None):
         super().__init__()
         ModelConfig(hidden_size, depth, num_heads, mlp_ratio, rope_min_period_s, rope_max_period_s,
                     count_cond, timeline_cond, mlp_activation, label_probe)  # validates
         d = hidden_size
         self.head_dim = d // num_heads
         self.embed = nn.ModuleDict({"video": nn.Linear(video_dim, d), "audio": nn.Linear(audio_dim, d)})
-        self.label_embed = nn.Embedding(len(vocab), d)
+        # uncaptioned clips train a model with no labels; one unused row keeps masked lookups (id 0) valid
+        self.label_embed = nn.Embedding(max(len(vocab), 1), d)
         self.ordinal_embed = nn.Embedding(max_events, d)
         self.null_token = nn.Parameter(torch.zeros(d))  # the whole prompt of an unconditional sample
         self.prompt_cond = nn.Parameter(torch.zeros(d))  # t-independent AdaLN input of prompt tokens
@@ -194,13 +197,15 @@ class AVDiT(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_preset(cls, preset: str | ModelConfig, spec: ClipSpec, vocab, max_events: int,
-                    codec: CodecConfig | None = None, layout_prior: dict | None = None, **overrides) -> "AVDiT":
+                    codec: CodecConfig | None = None, layout_prior: dict | None = None,
+                    example_prompts: list[str] | None = None, **overrides) -> "AVDiT":
         """A fresh model for clips of `spec` tokenised by `codec`, sized by a named preset."""
         cfg = model_config(preset, **overrides)
         tokens = AVCodec(spec, codec)
         return cls(video_dim=tokens.dims["video"], audio_dim=tokens.dims["audio"], vocab=list(vocab),
                    max_events=max_events, token_seconds=tokens.cfg.frames_per_token / spec.fps,
-                   clip_spec=spec.to_dict(), codec=tokens.cfg.to_dict(), layout_prior=layout_prior, **cfg.to_dict())
+                   clip_spec=spec.to_dict(), codec=tokens.cfg.to_dict(), layout_prior=layout_prior,
+                   example_prompts=example_prompts, **cfg.to_dict())
 
     def initialize_weights(self) -> None:
         """All initialisation in one place (DiT): xavier linears, small embeddings, and zero for

@@ -131,10 +131,14 @@ class AVSignal:
 
 
 def grey(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, C) float -> (T, H, W) luma (ITU-R BT.601 weights); C=1 passes through."""
+    """(T, H, W, C) float -> (T, H, W) intensity: the RMS over the colour channels; C=1 passes through.
+
+    A grey pixel keeps its level; a saturated colour keeps 58% of it, where luma (BT.601) would keep
+    11% of a pure blue: a blue shape on black is an event to see, not a faint smudge."""
     if frames.shape[-1] == 1:
         return frames[..., 0].astype(np.float32)
-    return (frames[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
+    rgb = frames[..., :3].astype(np.float32)
+    return np.sqrt(np.einsum("thwc,thwc->thw", rgb, rgb) / 3.0, dtype=np.float32)
 
 
 def shrink(frames: np.ndarray, max_side: int) -> np.ndarray:

@@ -42,6 +42,7 @@ class TrainConfig:
     data_seed: int = 0  # the dataset's seed: clip g of the run is make_dataset(..., seed=data_seed)[g]
     augment_speed: float = 0.0  # talking-digits training clips: speech speed drawn in [1/(1+a), 1+a] (0 = off)
     augment_shift_px: int = 0  # talking-digits training clips: digit images moved by up to this many pixels
+    holdout: float = 0.1  # folder datasets: the share of files held out for validation and judging
     seed: int = 0  # model initialisation and every per-sample draw (noise, t, dropouts)
     # optimisation
     steps: int = 1000
@@ -86,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"decay_steps must be >= 0, got {self.decay_steps}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1):
             raise ValueError("lr must be positive and min_lr_ratio in [0, 1]")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must lie in [0, 1), got {self.holdout!r}")
         for name in ("beta1", "beta2", "ema_decay"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
@@ -103,6 +106,8 @@ class TrainConfig:
 
     def check(self) -> "TrainConfig":
         """Checks across fields that overrides applied one at a time may pass through (train() runs it)."""
+        if self.dataset == "folder:":
+            raise ValueError("name the folder of clips to train on: --dataset folder:PATH")
         if self.lr_schedule == "wsd" and not 0 < self.decay_steps <= self.steps - self.warmup_steps:
             raise ValueError(f"lr_schedule wsd needs 0 < decay_steps <= steps - warmup_steps "
                              f"({self.steps - self.warmup_steps}), got {self.decay_steps}")
@@ -131,6 +136,13 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "digits-cpu": TrainConfig(dataset="talking-digits", steps=20_000, batch_size=32, lr=3e-4,
                               lr_schedule="constant", warmup_steps=200, ema_decay=0.999, ckpt_every=200,
                               sample_every=1000),
+    # a user's folder of captioned clips (`--dataset folder:PATH`): the shapes recipe's small network with
+    # A2V / V2A as a real share of training, the label probe, and validation on the held-out files
+    "folder-cpu": TrainConfig(dataset="folder:", model=MODEL_PRESETS["AVDiT-XS"].replace(label_probe=True),
+                              objective=ObjectiveConfig(p_clean=0.25, p_drop_prompt_given=0.5, p_drop_timeline=0.3,
+                                                        label_weight=0.1),
+                              steps=2000, batch_size=32, lr=1e-3, warmup_steps=100, ema_decay=0.995, ckpt_every=100,
+                              sample_every=500, val_every=250, val_clips=32),
     "digits-gpu": TrainConfig(dataset="talking-digits", model=MODEL_PRESETS["AVDiT-B"], steps=50_000,
                               batch_size=256, lr=4e-4, warmup_steps=1000, ema_decay=0.9995, log_every=50,
                               ckpt_every=1000, sample_every=5000, num_samples=8, val_every=250, val_clips=256),

@@ -198,6 +198,8 @@ def build_dataset(cfg: TrainConfig, data_root=None, split: str = "train"):
         if cfg.dataset != "talking-digits":
             raise ValueError(f"augment_speed / augment_shift_px apply to talking-digits, not {cfg.dataset}")
         augment = {"augment_speed": cfg.augment_speed, "augment_shift_px": cfg.augment_shift_px}
+    if cfg.dataset.startswith("folder:"):
+        augment["holdout"] = cfg.holdout  # split by file; which files is recorded in the run (run.json)
     return make_dataset(cfg.dataset, split=split, seed=cfg.data_seed, spec=cfg.spec, data_root=data_root, **augment)
 
 

@@ -68,9 +68,9 @@ def fp16_output_error(model: AVDiT, seed: int = 0, batch: int = 4) -> float:
     x = {m: torch.randn(batch, n, dims[m], generator=g) for m in ("video", "audio")}
     t = {m: torch.linspace(0.05, 0.95, batch)[torch.randperm(batch, generator=g)] for m in ("video", "audio")}
     vocab, max_events = list(model.config.vocab), model.config.max_events
-    picks = torch.randint(len(vocab), (batch, max_events), generator=g).tolist()
-    ids, mask = encode_prompts([[vocab[i] for i in row[: 1 + b % max_events]] for b, row in enumerate(picks)],
-                               vocab, max_events)
+    picks = torch.randint(max(len(vocab), 1), (batch, max_events), generator=g).tolist()
+    prompts = [[vocab[i] for i in row[: 1 + b % max_events]] if vocab else [] for b, row in enumerate(picks)]
+    ids, mask = encode_prompts(prompts, vocab, max_events)
     rounded = copy.deepcopy(model).half().float()
 
     def run(net):

@@ -31,7 +31,7 @@ from avgen.train.data import SampleOrder, batches, build_dataset, has_events
 from avgen.train.record import Callback, Recorder, check_run_dir, write_run_files
 from avgen.train.runtime import Runtime, close_runtime, init_runtime, out_of_time
 from avgen.train.state import Progress, Trainer
-from avgen.train.surgery import build_model, check_vocab, config_of_model, grow, layout_prior
+from avgen.train.surgery import adapt_vocabulary, build_model, colour, config_of_model, grow, layout_prior
 
 
 @dataclass
@@ -68,6 +68,7 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
                 log(f"dataset {cfg.dataset} has no ground-truth events: the model gets no timeline input")
                 wanted["timeline_cond"] = False
         pretrained = grow(pretrained, wanted, log, prior, depth=grow_depth, seed=cfg.seed)
+        pretrained = colour(pretrained, cfg.spec.channels, log)
         cfg, asked = config_of_model(cfg, pretrained), cfg
         changed = _changed_keys({k: asked.to_dict()[k] for k in ("model", "codec", "spec")},
                                 {k: cfg.to_dict()[k] for k in ("model", "codec", "spec")})
@@ -79,7 +80,7 @@ def setup_training(cfg: TrainConfig, run_dir: Path, resume: bool, init_from, dat
             "(model.timeline_cond=false)")
         cfg = cfg.override({"model.timeline_cond": False})
     if pretrained is not None:
-        check_vocab(pretrained, ds)
+        pretrained = adapt_vocabulary(pretrained, ds, cfg, log, cfg.seed)
     trainer = Trainer.create(cfg, pretrained or build_model(cfg, ds), rt)
     if checkpoint is None:
         return cfg, ds, trainer, Progress()
@@ -110,7 +111,8 @@ def train(cfg: TrainConfig, run_dir, *, resume: bool = False, init_from=None, de
     `avgen.api.training.train`, which adds the sample clips and held-out validation as callbacks.
 
     resume: continue from the newest checkpoint (or from scratch if the run never saved one).
-    init_from: an exported weights folder to fine-tune (its size, codec and clip spec win over cfg's).
+    init_from: an exported weights folder to fine-tune (its size, codec and clip spec win over cfg's,
+        except that a grey model is coloured when cfg asks for RGB: `surgery.colour`).
     grow_depth: with init_from, append blocks to the pretrained model up to this depth; each new block
     starts as the identity (see `grow`).
     workers: data worker processes building batches ahead (0 = in this process; same result).
@@ -145,7 +147,8 @@ def _train(cfg, run_dir: Path, resume, init_from, data_root, rt: Runtime, show_b
     if compiled:  # the module the step calls; the model, its EMA and the checkpoints stay plain
         trainer.net = torch.compile(trainer.net)
     if rt.is_main:
-        write_run_files(run_dir, cfg, rt, {"init_from": init_from, "grow_depth": grow_depth, "data_root": data_root,
+        held_out = {"held_out_files": ds.held_out_files} if hasattr(ds, "held_out_files") else {}
+        write_run_files(run_dir, cfg, rt, {**held_out, "init_from": init_from, "grow_depth": grow_depth, "data_root": data_root,
                                             "workers": workers, "max_seconds": max_seconds, "compiled": compiled})
     recorder = Recorder(trainer, ds, run_dir, progress, resume, show_bar, log, data_root, callbacks)
     order = SampleOrder(len(ds), cfg.data_seed, shuffle=not isinstance(ds, EventDataset))

@@ -33,6 +33,7 @@ def read_run_config(run_dir) -> TrainConfig:
     d = json.loads(path.read_text())
     for key in ("count_cond", "timeline_cond"):  # inputs added after the run began are off in it, as in weights
         d.get("model", {}).setdefault(key, False)
+    d.setdefault("holdout", 0.0)  # folder runs from before the held-out split trained on every file
     return TrainConfig.from_dict(d)
 
 
@@ -49,7 +50,7 @@ def write_run_files(run_dir: Path, cfg: TrainConfig, rt: Runtime, extra: dict) -
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
     info = {"device": str(rt.device), "world_size": rt.world_size, "versions": package_versions(),
-            **{k: v if v is None or isinstance(v, (bool, int, float)) else str(v) for k, v in extra.items()}}
+            **{k: v if v is None or isinstance(v, (bool, int, float, list)) else str(v) for k, v in extra.items()}}
     atomic_write_text(run_dir / RUN_FILE, dumps(info) + "\n")
 
 

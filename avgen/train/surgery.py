@@ -4,6 +4,7 @@ a fresh model built from a config."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import torch
 
@@ -53,6 +54,37 @@ def grow(model: AVDiT, wanted: dict[str, bool], log, layout_prior: dict | None =
     return grown
 
 
+# ITU-R BT.601 luma: the grey a colour file decodes to (`avgen.data.io`), so what a grey model has seen
+LUMA = (0.299, 0.587, 0.114)
+
+
+def colour(model: AVDiT, channels: int, log) -> AVDiT:
+    """A pretrained grey model made to take and draw RGB frames (fine-tuning on a colour folder with
+    `--set spec.channels=3`): the video embedding reads each pixel's luma (its grey weights times the
+    luma weights per channel) and the video output writes its grey into all three channels, so on grey
+    frames the coloured model computes exactly what the pretrained one did; training then learns colour.
+    Every other weight is kept. Only grey -> RGB: a coloured model stays coloured."""
+    spec = dict(model.config.clip_spec)
+    if channels <= spec["channels"]:
+        return model
+    if (spec["channels"], channels) != (1, 3):
+        raise ValueError(f"cannot turn a {spec['channels']}-channel model into a {channels}-channel one")
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    config["clip_spec"] = {**spec, "channels": channels}
+    config["video_dim"] = model.config.video_dim * channels
+    coloured = AVDiT.from_config(config)
+    state = model.state_dict()
+    luma = torch.tensor(LUMA, dtype=state["embed.video.weight"].dtype)
+    # tokens are laid out (frame, h, w, c) with c innermost (`AVCodec.encode_video`)
+    state["embed.video.weight"] = (state["embed.video.weight"][:, :, None] * luma).flatten(1)
+    for key in ("final.video.linear.weight", "final.video.linear.bias"):
+        state[key] = state[key].repeat_interleave(channels, dim=0)
+    coloured.load_state_dict(state)
+    log(f"--init-from: the pretrained grey model takes and draws RGB (spec.channels 1 -> {channels}): it reads "
+        "luma and writes grey until training teaches it colour")
+    return coloured
+
+
 def config_of_model(cfg: TrainConfig, model: AVDiT) -> TrainConfig:
     """`cfg` with the size, codec and clip spec of a pretrained model (they are not ours to change)."""
     mc = model.config
@@ -61,23 +93,57 @@ def config_of_model(cfg: TrainConfig, model: AVDiT) -> TrainConfig:
                                spec=spec_from_dict(mc["clip_spec"]))
 
 
-def check_vocab(model: AVDiT, ds) -> None:
-    unknown = sorted(set(ds.vocab) - set(model.config.vocab))
-    if unknown:
-        raise ValueError(f"the dataset's labels {unknown} are not in the pretrained model's vocabulary "
-                         f"{list(model.config.vocab)}")
-    if ds.max_events > model.config.max_events:
-        raise ValueError(f"the dataset has prompts of {ds.max_events} labels; the model takes at most "
-                         f"{model.config.max_events}")
-
-
 def build_model(cfg: TrainConfig, ds) -> AVDiT:
     """A fresh model; its initialisation depends on `cfg.seed` only (global RNG state is untouched)."""
     prior = layout_prior(ds, cfg) if cfg.model.timeline_cond else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return AVDiT.from_preset(cfg.model, cfg.spec, ds.vocab, ds.max_events, codec=cfg.codec,
-                                 layout_prior=prior)
+                                 layout_prior=prior, example_prompts=example_prompts(ds))
+
+
+def example_prompts(ds, n: int = 6, look: int = 400) -> list[str]:
+    """The dataset's most frequent prompts among its first clips (what the studio offers as examples)."""
+    seen = Counter(ds[i].prompt for i in range(min(look, len(ds))))
+    return [p for p, _ in seen.most_common() if p][:n]
+
+
+def adapt_vocabulary(model: AVDiT, ds, cfg: TrainConfig, log, seed: int = 0) -> AVDiT:
+    """A pretrained model made ready for a dataset with words it does not know (fine-tuning on a user's
+    folder): new label embeddings appended (drawn as a fresh model's are), every other weight kept, the
+    label probe (if any) widened with zero rows; the layout prior takes the dataset's event lengths for
+    its new labels, and the examples become the dataset's. A dataset with more labels per clip than the
+    model takes is refused (that needs a model trained from scratch)."""
+    old = list(model.config.vocab)
+    if ds.max_events > model.config.max_events:
+        raise ValueError(f"the dataset's captions have up to {ds.max_events} labels; the pretrained model takes at "
+                         f"most {model.config.max_events}: train from scratch (e.g. --preset folder-cpu)")
+    new = [w for w in ds.vocab if w not in old]
+    config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+    config["vocab"], config["example_prompts"] = old + new, example_prompts(ds)
+    if new and config.get("timeline_cond") and config.get("layout_prior"):
+        theirs = LayoutPrior.measure([c for c in (ds[i] for i in range(min(2000, len(ds)))) if c.events],
+                                     cfg.codec.frames_per_token, getattr(ds, "min_gap_frames", 1)).to_dict()
+        mine = config["layout_prior"]
+        config["layout_prior"] = {"counts": {**mine["counts"], **{w: h for w, h in theirs["counts"].items() if w in new}},
+                                  "min_gap": min(mine["min_gap"], theirs["min_gap"])}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapted = AVDiT.from_config(config)
+    state = adapted.state_dict()
+    for key, value in model.state_dict().items():
+        if state[key].shape == value.shape:
+            state[key] = value
+        elif key == "label_embed.weight" or key.startswith("probe."):  # rows for the old labels (+ "no event")
+            state[key][: value.shape[0]] = value
+        else:
+            raise ValueError(f"cannot adapt the pretrained model to the dataset's vocabulary: {key} "
+                             f"{tuple(value.shape)} -> {tuple(state[key].shape)}")
+    adapted.load_state_dict(state)
+    if new:
+        log(f"--init-from: the vocabulary grows by {len(new)} label(s) ({', '.join(new[:8])}"
+            f"{' ...' if len(new) > 8 else ''}); their embeddings start fresh, every other weight is kept")
+    return adapted
 
 
 
@@ -91,4 +157,4 @@ def layout_prior(ds, cfg: TrainConfig, num_clips: int = 2000) -> dict:
     return LayoutPrior.measure(clips, cfg.codec.frames_per_token, getattr(ds, "min_gap_frames", 1)).to_dict()
 
 
-__all__ = ["GROWABLE", "build_model", "check_vocab", "config_of_model", "grow", "layout_prior"]
+__all__ = ["GROWABLE", "adapt_vocabulary", "build_model", "example_prompts", "config_of_model", "grow", "layout_prior"]
