@@ -25,6 +25,9 @@ from .clip import Clip, ClipSpec
 
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".mov", ".m4v", ".avi")
 
+# ITU-R BT.601 luma weights (R, G, B): how a colour file becomes grey at `channels == 1`
+LUMA = (0.299, 0.587, 0.114)
+
 
 class AVReadError(ValueError):
     """A media file cannot be used; the message names the file and the reason."""
@@ -339,7 +342,7 @@ def conform(d: Decoded, spec: ClipSpec, start_s: float = 0.0, num_frames: int | 
     src = np.clip(np.searchsorted(d.frame_times, centres, side="right") - 1, 0, len(d.frames) - 1)
     frames = _resize_frames(d.frames[src], spec.height, spec.width)
     if spec.channels == 1:
-        frames = (frames @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        frames = (frames @ np.array(LUMA, np.float32))[..., None]
     s_total = n * spec.samples_per_frame
     audio = np.zeros(s_total, np.float32)
     if d.audio is not None and len(d.audio):

@@ -24,6 +24,7 @@ import torch
 
 from avgen.model.batch import clip_batch, sample_generator
 from avgen.model.codec import AVCodec
+from avgen.model.timeline import unknown_slot
 
 LEVELS = (0.001, 0.03, 0.1, 0.3, 0.6, 0.9)
 MEDIA = ("video", "audio")
@@ -50,7 +51,7 @@ def error_sums(model, codec, batch: dict, levels, seed: int, first: int = 0) -> 
         x_t = {m: (1 - level) * x0[m] + level * noise[m] for m in MEDIA}
         # a clip without a known timeline (-1: a folder clip whose events did not fit its caption) is given
         # the "unknown" slot, as training gives it
-        unknown = torch.full_like(part["slots"], model.config.max_events + 1)
+        unknown = torch.full_like(part["slots"], unknown_slot(model.config.max_events))
         extra = {"slots": torch.where(part["slots"] >= 0, part["slots"], unknown)} if timeline else {}
         pred = model(x_t["video"], x_t["audio"], t, t, part["ids"], part["mask"], **extra)
         for m in MEDIA:

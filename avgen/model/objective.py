@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from avgen.model.config import ObjectiveConfig
+from avgen.model.timeline import unknown_slot
 from avgen.model.transformer import MEDIA
 
 Generator = torch.Generator | list[torch.Generator]
@@ -181,7 +182,7 @@ def training_loss(model, codec, frames: torch.Tensor, audio: torch.Tensor, promp
     x_t = {m: add_noise(x0[m], noise[m], t[m]) for m in MEDIA}
     extra = {}
     if slots is not None:  # (B, N) slot ids, -1 = not known; drawn only here, so other runs keep their stream
-        unknown = getattr(model, "module", model).config.max_events + 1  # through a DDP wrapper too
+        unknown = unknown_slot(getattr(model, "module", model).config.max_events)  # through a DDP wrapper too
         keep = draws.keep_timeline[:, None]  # (B, 1)
         extra["slots"] = torch.where(keep & (slots >= 0), slots, torch.full_like(slots, unknown))
     labelled = cfg.label_weight > 0 and slots is not None

@@ -9,6 +9,7 @@ from collections import Counter
 import torch
 
 from avgen.data import make_dataset
+from avgen.data.io import LUMA
 from avgen.model.config import CodecConfig, ModelConfig, spec_from_dict
 from avgen.model.timeline import LayoutPrior
 from avgen.model.transformer import AVDiT
@@ -52,10 +53,6 @@ def grow(model: AVDiT, wanted: dict[str, bool], log, layout_prior: dict | None =
     what = [*add] + ([f"blocks {old_depth}-{depth - 1} (depth {old_depth} -> {depth})"] if deeper else [])
     log(f"--init-from: the pretrained model gets {', '.join(what)}, starting as identity / zero")
     return grown
-
-
-# ITU-R BT.601 luma: the grey a colour file decodes to (`avgen.data.io`), so what a grey model has seen
-LUMA = (0.299, 0.587, 0.114)
 
 
 def colour(model: AVDiT, channels: int, log) -> AVDiT:
