@@ -8,6 +8,7 @@ import math
 import pytest
 
 from avgen.cli import main
+from tests.demo_helpers import tiny_weights  # noqa: F401  (fixture)
 
 
 @pytest.mark.slow
@@ -23,7 +24,7 @@ def test_bench_tiny(tmp_path, capsys):
         assert math.isfinite(r[key]) and r[key] > 0, key
     assert r["matmul_calls"] > 0 and 0 < r["matmul_shapes"] <= r["matmul_calls"]
     assert abs(r["rtf"] - r["generate_seconds"] / r["clip_seconds"]) < 1e-3
-    assert set(r["scaling"]["seconds_by_duration"]) == {"1.5", "3.0"}
+    assert set(r["scaling"]["seconds_by_duration"]) == {"1.5", "3.0", "6.0"}  # 6 s: made in windows
     assert r["input_dataset"] == "shapes" and r["input_clips_per_s"] > 0 and r["input_clips_per_s_device_noise"] > 0
     assert 0 < r["input_mb_per_clip_device_noise"] < r["input_mb_per_clip"]  # the noise stays off the link
     out = capsys.readouterr().out
@@ -62,6 +63,25 @@ def test_bench_captured_reports_the_compiled_batch_1_beside_eager(tmp_path, caps
     failed = bench.captured_figures(pipe, bench.BENCH_PRESETS["tiny"], bench.torch.device("cpu"))
     assert failed == {"mode": "default", "error": "RuntimeError: no compiler"} and pipe.transformer is eager
     assert "compile failed" in bench.format_table({**report, "captured": failed})
+
+
+@pytest.mark.slow
+def test_bench_times_the_fast_sampler_beside_the_default_and_captures_it(tiny_weights, tmp_path):
+    """Weights with a distilled student: the fast sampler at batch 1 in the same run as the default one
+    (loop, decode, speed-up), and compiled beside eager (on CUDA: graph capture)."""
+    from avgen import bench
+    from tests.test_student import with_student
+
+    report = bench.run_bench(bench.BENCH_PRESETS["tiny"], device="cpu", weights=with_student(tiny_weights, tmp_path),
+                             log=lambda m: None, captured=True)
+    f = report["fast"]
+    assert f["steps"] == 2 and f["decode_seconds"] > 0 and f["loop_seconds"] > 0
+    assert f["speedup_vs_default"] == pytest.approx(report["generate_seconds"] / f["generate_seconds"], rel=2e-2)
+    assert f["rtf"] == pytest.approx(f["generate_seconds"] / f["clip_seconds"], rel=1e-2)
+    c = report["captured_fast"]
+    assert "error" not in c and c["generate_seconds"] > 0 and len(c["speedup_by_round"]) > 0
+    table = bench.format_table(report)
+    assert "batch 1: fast sampler" in table and "batch 1: fast, captured" in table
 
 
 def test_bench_rejects_unknown_preset(capsys):

@@ -45,10 +45,11 @@ def test_multi_character_labels_are_not_split():
         parse_prompt("circlesquare", vocab)
 
 
-@pytest.mark.parametrize("steps", [0, 201, 2.5, None, float("nan"), "10", True])
+@pytest.mark.parametrize("steps", [0, 201, 2.5, float("nan"), "10", True])
 def test_steps_out_of_range_or_not_whole_are_refused(steps):
     with pytest.raises(SettingError, match="steps"):
         SETTINGS["steps"].check(steps)
+    assert SETTINGS["steps"].check(None) is None  # the sampler's own default (GenerateSettings.check)
 
 
 def test_valid_settings_pass_through():
@@ -603,3 +604,38 @@ def test_sigterm_while_a_clip_is_sampled_exits_cleanly(tmp_path):
     assert proc.returncode == 143 and "terminate called" not in out, (proc.returncode, out[-2000:])
     assert "100/100 [" not in out, out[-2000:]  # SIGTERM came while sampling: its last step was never taken
     assert not list(temp.glob("avgen-demo-*")), list(temp.iterdir())
+
+
+def test_a_stream_hands_out_contiguous_chunks_then_the_whole_clip(studio):
+    from pathlib import Path
+
+    from avgen.data.io import decode_av
+
+    items = list(studio.stream(settings(prompt="3 1 4 1", steps=2), 7.0))
+    chunks, path = items[:-1], items[-1]
+    assert isinstance(path, Path) and path.suffix == ".mp4"
+    assert chunks[0].start_s == 0 and len(chunks[0].frames) == 48
+    for a, b in zip(chunks, chunks[1:]):
+        assert b.start_s == pytest.approx(a.start_s + a.seconds) and b.made_s >= a.made_s
+        assert len(b.audio) == len(b.frames) * studio.spec.samples_per_frame
+    assert sum(c.seconds for c in chunks) == pytest.approx(7.0)
+    assert decode_av(path).duration == pytest.approx(7.0, abs=0.1)
+    with pytest.raises(ValueError, match="at most 4"):  # 2/3 of 3 labels per 3 s
+        next(studio.stream(settings(prompt="1 2 3 4 5", steps=2), 7.0))
+
+
+def test_an_edit_keeps_the_spans_of_the_uploaded_clip_and_remakes_the_rest(studio, tmp_path):
+    from avgen.data.io import decode_av, write_mp4
+    from avgen.demo.inputs import DemoInputError
+
+    src = studio.run(settings(prompt="3 1 4", steps=2, seed=1))
+    source = write_mp4(src.clip, tmp_path / "source.mp4")
+    r = studio.make(settings(prompt="7", steps=2, seed=4), upload=source, keep="0:1,2:3")
+    a, b = decode_av(source).frames.astype(float), decode_av(r.video_path).frames.astype(float)
+    fps = studio.spec.fps
+    assert np.abs(a[:fps] - b[:fps]).mean() < 2 and np.abs(a[2 * fps:] - b[2 * fps:]).mean() < 2  # codec noise only
+    assert np.abs(a[fps:2 * fps] - b[fps:2 * fps]).mean() > 2
+    with pytest.raises(DemoInputError, match="upload the video"):
+        studio.make(settings(prompt="7"), keep="0:1")
+    with pytest.raises(ValueError, match="START:END"):
+        studio.make(settings(prompt="7"), upload=source, keep="first second")

@@ -202,3 +202,38 @@ def test_audio_to_video_from_an_uploaded_sound(browser, page_url, tmp_path, shot
     page.screenshot(path=str(shots / "demo_audio_to_video.png"), full_page=True)
     assert abs(duration - 3.0) < 0.1
     page.close()
+
+
+@pytest.fixture(scope="module")
+def fast_served(tiny_weights, tmp_path_factory):
+    """The studio on tiny weights with a (random) distilled student, starting on the fast sampler."""
+    from avgen.demo.app import build_app
+    from tests.test_student import with_student
+
+    weights = with_student(tiny_weights, tmp_path_factory.mktemp("fast"))
+    app = build_app(weights, "cpu", seeds_dir=tmp_path_factory.mktemp("no-seeds"),
+                    workdir=tmp_path_factory.mktemp("app"), sampler="fast")
+    with serving(app) as url:
+        yield app, url
+
+
+def test_stream_plays_the_first_chunk_while_the_rest_is_made_without_a_gap(browser, fast_served, shots):
+    """Stream 10 s: the player (Web Audio, canvas) gets five chunks in order, schedules each right after
+    the last with none late, shows the picture, and the whole clip lands in the result player."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(fast_served[1])
+    page.locator("#prompt textarea, #prompt input").first.fill("3 1 4 1 5")
+    seconds = page.locator("#stream-seconds input[type=number]")
+    seconds.fill("10")
+    seconds.press("Enter")
+    page.locator("#stream").click()
+    page.wait_for_function("window.avgenStream && window.avgenStream.ended === true", timeout=120_000)
+    stats = page.evaluate("window.avgenStream.stats")
+    page.wait_for_selector("#result-video video", timeout=30_000)
+    page.screenshot(path=str(shots / "demo_after_stream.png"), full_page=True)
+    assert stats["chunks"] == 5 and abs(stats["seconds"] - 10.0) < 1e-6, stats
+    assert stats["gaps_s"] == [] and all(lead > 0 for lead in stats["lead_s"]), stats
+    assert 0 < stats["first_sound_ms"] < 60_000 and stats["first_picture_ms"] is not None, stats
+    duration = page.evaluate("document.querySelector('#result-video video').duration")
+    assert abs(duration - 10.0) < 0.2
+    page.close()

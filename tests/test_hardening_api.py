@@ -13,7 +13,7 @@ import pytest
 from avgen.demo.inputs import DemoLimits
 from tests.demo_helpers import serving, tiny_weights  # noqa: F401  (fixture)
 
-GOOD = ["t2av", "3", 0, 2, 4.0, 4.0, 1.0, "euler", "cpu", None, None, 0.1, 0.8, True]  # the page's own values
+GOOD = ["t2av", "3", 0, 2, 4.0, 4.0, 1.0, "euler", "cpu", None, None, 0.1, 0.8, True, ""]  # the page's own values
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def with_value(index: int, value) -> list:
     (with_value(10, 7), "video must be an uploaded file (or nothing), got 7"),
     (with_value(0, ["t2av"]), "mode must be one of the offered choices, got ['t2av']"),
     (with_value(13, "yes"), "postfilter must be true or false, got 'yes'"),
-    (GOOD[:5], "the request has 5 values; it takes 14, in this order: mode, prompt, seed, steps, guidance, "
-               "audio_guidance, modality, sampler, device, audio, video, guide_lo, guide_hi, postfilter"),
+    (GOOD[:5], "the request has 5 values; it takes 15, in this order: mode, prompt, seed, steps, guidance, "
+               "audio_guidance, modality, sampler, device, audio, video, guide_lo, guide_hi, postfilter, keep"),
 ])
 def test_a_malformed_value_gets_one_sentence_and_one_log_line(served, data, sentence, caplog):
     app, url = served

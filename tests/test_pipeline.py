@@ -16,6 +16,7 @@ from avgen.model.transformer import AVDiT
 from tests.demo_helpers import tiny_weights  # noqa: F401  (fixture)
 
 SPEC = ClipSpec(duration=1.0)  # 16 frames, 8000 samples
+ODE_SAMPLERS = sorted(s for s in SAMPLERS if s != "fast")  # the fast sampler (a distilled student): test_student.py
 
 
 def tiny_pipeline(sampler: str = "euler") -> AVGenPipeline:
@@ -52,7 +53,7 @@ class ForwardSpy:
         return self.forward(video, audio, t_video, t_audio, prompt_ids, prompt_mask, cross_modal=cross_modal, **kw)
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", ODE_SAMPLERS)
 def test_output_shapes_for_every_sampler(sampler):
     pipe = tiny_pipeline(sampler)
     out = pipe(["3 1", "7"], num_inference_steps=3, generator=[seeded(0), seeded(1)])
@@ -117,7 +118,7 @@ def test_the_execution_device_is_looked_up_once_per_call_not_per_step(pipe, monk
     assert count(2) == count(6) <= 2
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", ODE_SAMPLERS)
 def test_modulation_table_gives_each_step_its_own_rows(sampler, monkeypatch):
     """Sampling with the per-call AdaLN table equals sampling where every forward computes its own
     (the old path), for each sampler, a batch of two prompts with a per-row negative prompt, a
@@ -271,7 +272,7 @@ def test_callback_sees_and_can_replace_latents(pipe):
     assert torch.equal(out.audio, torch.zeros_like(out.audio))
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", ODE_SAMPLERS)
 def test_generate_reports_every_step_in_the_steps_asked_for(pipe, sampler):
     seen = []
     generate(pipe, GenerateSettings(prompt="3", steps=3, sampler=sampler), on_step=lambda i, n: seen.append((i, n)))

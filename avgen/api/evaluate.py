@@ -37,7 +37,7 @@ def generated_items(pipe: AVGenPipeline, settings: GenerateSettings, n: int, out
     for k in range(n):
         given = {}
         if mode == "t2av":
-            truth = " ".join(ds.random_labels(rng))
+            truth = " ".join(long_labels(ds, rng, pipe.vocabulary_for(base.duration).max_events))
         else:
             real = ds[k]
             truth = real.prompt
@@ -47,8 +47,18 @@ def generated_items(pipe: AVGenPipeline, settings: GenerateSettings, n: int, out
         # model drew (text-to-AV), which says whether the plan was followed
         plan = [start for _, start, _ in (real.truth() if given else clip.meta.get("timeline", []))]
         scored = truth if (prompt or given) else ""  # an unconditional clip has no prompt to be scored against
-        items.append(Item(write_mp4(clip, out_dir / f"{mode}_{k:05d}.mp4"), scored, Truth(plan, plan) if plan else None))
+        items.append(Item(write_mp4(clip, out_dir / f"{mode}_{k:05d}.mp4"), scored, Truth(plan, plan) if plan else None,
+                          clip.meta.get("seams_s")))
     return items
 
 
-__all__ = ["generated_items"]
+def long_labels(ds, rng: np.random.Generator, capacity: int) -> list[str]:
+    """The test split's prompt stream; for a clip longer than the model's (`capacity` labels above the
+    data's own), 1 up to `capacity` labels, drawn uniformly, each uniform over the vocabulary."""
+    if capacity <= ds.max_events:
+        return ds.random_labels(rng)
+    k = int(rng.integers(1, capacity + 1))
+    return [ds.vocab[i] for i in rng.integers(0, len(ds.vocab), size=k)]
+
+
+__all__ = ["generated_items", "long_labels"]

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from avgen.model.config import (DEFAULT_GUIDANCE_INTERVAL, DEFAULT_GUIDANCE_SCALE, DEVICES, SAMPLER_NAMES,
-                                default_interval)
+from avgen.model.config import (DEFAULT_GUIDANCE_INTERVAL, DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, DEVICES,
+                                FAST_MAX_STEPS, SAMPLER_NAMES, default_interval)
 
 MODES = ("t2av", "a2v", "v2a")  # text -> audio + video; audio -> video; video -> audio
 MAX_SEED = 2 ** 63 - 1  # what torch.Generator.manual_seed takes
@@ -123,8 +123,10 @@ MAX_GUIDANCE = 20.0
 lo, hi = DEFAULT_GUIDANCE_INTERVAL
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("seed", "int", "random seed; clip i of several uses seed + i", 0, MAX_SEED),
-    Setting("steps", "int", "denoising steps (network passes: euler N, heun 2N - 2, dpm++ N)", 1, 200),
-    Setting("sampler", "choice", "euler (first order), heun (second order) or dpm++ (second-order multistep)",
+    Setting("steps", "int", f"denoising steps (network passes: euler N, heun 2N - 2, dpm++ N, fast N <= "
+            f"{FAST_MAX_STEPS}; default {DEFAULT_STEPS}, fast {FAST_MAX_STEPS})", 1, 200, optional=True),
+    Setting("sampler", "choice", "euler (first order), heun (second order), dpm++ (second-order multistep) or "
+            f"fast (the weights' distilled student: {FAST_MAX_STEPS} passes, guidance folded in, from a prompt)",
             choices=SAMPLER_NAMES),
     Setting("guidance_scale", "float", "prompt guidance of the picture (1 = off)", 0.0, MAX_GUIDANCE),
     Setting("audio_guidance_scale", "float", "prompt guidance of the sound (default: the picture's)", 0.0,
@@ -153,7 +155,7 @@ class GenerateSettings:
 
     prompt: str = ""
     seed: int = 0
-    steps: int = 25
+    steps: int | None = None  # None: the sampler's default (DEFAULT_STEPS; FAST_MAX_STEPS for fast)
     sampler: str = "euler"
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     audio_guidance_scale: float | None = None
@@ -181,10 +183,33 @@ class GenerateSettings:
             raise SettingError(f"seed {self.seed} leaves no room for {self.num_clips} clips (clip i uses seed + i)")
         if self.guidance_interval is None:
             self.guidance_interval = default_interval(self.mode != "t2av")
+        if self.sampler == "fast":
+            if self.steps is not None and self.steps > FAST_MAX_STEPS:
+                raise SettingError(f"the fast sampler makes a clip in 1 to {FAST_MAX_STEPS} passes, got steps {self.steps}")
+            if self.mode != "t2av":
+                raise SettingError(f"the fast sampler makes clips from a prompt (mode t2av), not {self.mode}: "
+                                   "choose another sampler")
+        if self.steps is None:
+            self.steps = FAST_MAX_STEPS if self.sampler == "fast" else DEFAULT_STEPS
         return self
 
     def replace(self, **changes) -> "GenerateSettings":
         return GenerateSettings(**{**self.to_dict(), **changes})
 
 
-__all__ = ["MAX_SEED", "MODES", "SETTINGS", "GenerateSettings", "Setting", "SettingError", "is_number", "shown"]
+def parse_spans(text: str) -> list[tuple[float, float]]:
+    """"0:1,2:3" -> [(0.0, 1.0), (2.0, 3.0)]: time spans in seconds (ValueError, one sentence, otherwise)."""
+    spans = []
+    for part in (p.strip() for p in text.split(",")):
+        a, sep, b = part.partition(":")
+        try:
+            lo, hi = float(a), float(b)
+        except ValueError:
+            lo = hi = math.nan
+        if not sep or not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi):
+            raise ValueError(f"spans are START:END in seconds, separated by commas (e.g. 0:1,2:3); got {part!r}")
+        spans.append((lo, hi))
+    return spans
+
+
+__all__ = ["MAX_SEED", "MODES", "SETTINGS", "GenerateSettings", "Setting", "SettingError", "is_number", "parse_spans", "shown"]

@@ -12,12 +12,13 @@ reported as a fraction of it (`utilization`). FLOPs are counted with `torch.util
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 
 from avgen.bench.config import BENCH_PRESETS, BenchConfig
 from avgen.bench.measure import PeakMemory, count_flops, gemm_gflops, sync
-from avgen.bench.sampling import captured_figures, loop_figures, make_pipeline, scaling
+from avgen.bench.sampling import captured_figures, fast_figures, loop_figures, make_pipeline, scaling
 from avgen.bench.training import input_figures, training_figures
 from avgen.model.device import resolve_device
 
@@ -36,8 +37,18 @@ def run_bench(cfg: BenchConfig, device: str = "auto", weights=None, log=print, c
     report.update({k: v for k, v in batches[0].items() if k != "batch"})
     report["batches"] = {str(r["batch"]): r for r in batches}
     log("loop measured")
+    if getattr(pipe, "student", None) is not None:
+        report["fast"] = fast_figures(pipe, cfg, dev, batches[0])
+        log("fast sampler measured")
     if captured:
         report["captured"] = captured_figures(pipe, cfg, dev, batches[0]["flops_per_step"], report["gemm_gflops"])
+        if "fast" in report:
+            pipe.set_sampler("fast")
+            try:
+                report["captured_fast"] = captured_figures(pipe, replace(cfg, sampler="fast", steps=cfg.fast_steps), dev,
+                                                           network="student")
+            finally:
+                pipe.set_sampler(cfg.sampler)
         log("captured loop measured")
     report["scaling"] = scaling(pipe, cfg, dev)
     log("scaling measured")
@@ -60,6 +71,12 @@ def format_table(r: dict) -> str:
                   f"{100 * x['matmul_share_of_loop']:.0f}% of the loop's time"),
                  (f"batch {b}: per clip", f"{x['generate_seconds']:.3f} s for {x['clip_seconds']:.2f} s "
                                           f"(rtf {x['rtf']:.3f}), peak {x['peak_mem_mb']:.0f} MB")]
+    if "fast" in r:
+        f = r["fast"]
+        rows.append(("batch 1: fast sampler", f"{f['generate_seconds']:.3f} s for {f['clip_seconds']:.2f} s (rtf "
+                     f"{f['rtf']:.3f}; {f['steps']} passes {f['loop_seconds']:.3f} s + decode {f['decode_seconds']:.3f} s "
+                     f"at {f['griffin_lim_iters']} Griffin-Lim iterations), {f['speedup_vs_default']:.1f}x the "
+                     "default sampler's batch-1 time in this run"))
     if "captured" in r:
         c = r["captured"]
         if "error" in c:
@@ -71,6 +88,10 @@ def format_table(r: dict) -> str:
                          f"{c['generate_seconds']:.3f} s per clip, {1e3 * c['step_seconds']:.1f} ms per step, loop "
                          f"{c['speedup']:.2f}x eager's (median of {len(c['speedup_by_round'])} alternating rounds)"
                          f"{rate} ({c['mode']}; first call {c['first_call_seconds']:.1f} s)"))
+    if "captured_fast" in r and "error" not in r["captured_fast"]:
+        c = r["captured_fast"]
+        rows.append(("batch 1: fast, captured", f"{c['generate_seconds']:.4f} s per clip, loop {c['speedup']:.2f}x "
+                     f"eager's ({c['mode']})"))
     s = r["scaling"]
     rows += [("s/clip by duration", f"{s['seconds_by_duration']} exponent {s['duration_exponent']}"),
              ("s/clip by batch", f"{s['seconds_per_clip_by_batch']} (batch cost exponent {s['batch_exponent']})"),

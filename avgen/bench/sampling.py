@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -30,10 +31,14 @@ def make_pipeline(cfg: BenchConfig, device: torch.device, weights=None):
     return AVGenPipeline.from_transformer(model.eval(), cfg.sampler).to(device)
 
 
-def prompts_for(pipe, batch: int) -> list[str]:
-    vocab = pipe.vocab
-    return [" ".join(vocab[(i + k) % len(vocab)] for k in range(min(3, pipe.transformer.config.max_events)))
-            for i in range(batch)]
+def prompts_for(pipe, batch: int, duration: float | None = None) -> list[str]:
+    """Prompts of 3 labels (at most the model's), and for a clip longer than the model's as many as it
+    takes (`AVGenPipeline.vocabulary_for`): every window of a long clip then has events to sample, so the
+    scaling table times windows that run the network, not held silence."""
+    vocab, n = pipe.vocab, min(3, pipe.transformer.config.max_events)
+    if duration is not None and pipe.codec.num_tokens(duration) > pipe.codec.num_tokens():
+        n = pipe.vocabulary_for(duration).max_events
+    return [" ".join(vocab[(i + k) % len(vocab)] for k in range(n)) for i in range(batch)]
 
 
 def time_generation(pipe, cfg: BenchConfig, batch: int, duration: float | None, device, repeats: int) -> dict:
@@ -67,7 +72,7 @@ def time_generation(pipe, cfg: BenchConfig, batch: int, duration: float | None, 
 
 
 def call_kwargs(pipe, cfg: BenchConfig, batch: int, duration: float | None) -> dict:
-    return dict(prompt=prompts_for(pipe, batch), duration_s=duration, num_inference_steps=cfg.steps,
+    return dict(prompt=prompts_for(pipe, batch, duration), duration_s=duration, num_inference_steps=cfg.steps,
                 guidance_scale=cfg.guidance_scale, modality_scale=cfg.modality_scale,
                 guidance_interval=cfg.guidance_interval,
                 generator=[torch.Generator().manual_seed(i) for i in range(batch)])
@@ -133,7 +138,7 @@ def loop_figures(pipe, cfg: BenchConfig, batch: int, gemm: float, device) -> dic
 
 
 def captured_figures(pipe, cfg: BenchConfig, device, flops_per_step: float | None = None,
-                     gemm: float | None = None) -> dict:
+                     gemm: float | None = None, network: str = "transformer") -> dict:
     """Batch-1 latency with the network compiled, beside the eager figures: on CUDA with graph capture
     (`torch.compile(mode="reduce-overhead")`: each step's few hundred kernel launches replayed as one
     graph), on CPU with inductor (elementwise ops fused into a few C++ kernels). The first call, which
@@ -143,12 +148,13 @@ def captured_figures(pipe, cfg: BenchConfig, device, flops_per_step: float | Non
     machine noise. With `flops_per_step` (the eager batch-1 count: compiling changes no arithmetic)
     and `gemm`, the compiled loop's GFLOP/s and its share of the gemm ceiling are reported too, and
     eager's share in the same rounds.
-    A failure to compile is reported, not raised: the eager figures stand either way."""
-    eager = pipe.transformer
+    A failure to compile is reported, not raised: the eager figures stand either way. `network`: the
+    pipeline's attribute holding the network the sampler runs ("student" for the fast sampler)."""
+    eager = getattr(pipe, network)
     mode = "reduce-overhead" if device.type == "cuda" else None
     try:
         compiled = torch.compile(eager, dynamic=False, mode=mode)
-        pipe.transformer = compiled
+        setattr(pipe, network, compiled)
         pipe.set_progress_bar_config(disable=True)
         sync(device)
         t0 = time.perf_counter()
@@ -160,7 +166,7 @@ def captured_figures(pipe, cfg: BenchConfig, device, flops_per_step: float | Non
         for i in range(max(1, cfg.repeats)):
             loop = {}
             for name, net in (("compiled", compiled), ("eager", eager))[::1 if i % 2 == 0 else -1]:
-                pipe.transformer = net
+                setattr(pipe, network, net)
                 r = time_generation(pipe, cfg, 1, None, device, 1)
                 loop[name] = r["loop_seconds"]
                 if name not in best or r["loop_seconds"] < best[name]["loop_seconds"]:
@@ -169,7 +175,7 @@ def captured_figures(pipe, cfg: BenchConfig, device, flops_per_step: float | Non
     except Exception as e:  # noqa: BLE001 (a compiler failure of any kind is a figure here)
         return {"mode": mode or "default", "error": " ".join(f"{type(e).__name__}: {e}".split())[:500]}
     finally:
-        pipe.transformer = eager
+        setattr(pipe, network, eager)
     r = best["compiled"]
     out = {"mode": mode or "default", "first_call_seconds": round(first, 2),
            **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()},
@@ -183,13 +189,32 @@ def captured_figures(pipe, cfg: BenchConfig, device, flops_per_step: float | Non
     return out
 
 
+def fast_figures(pipe, cfg: BenchConfig, device, teacher: dict) -> dict:
+    """The fast sampler (the weights' distilled student) at batch 1, timed like the default sampler and
+    right after it (`teacher`: its batch-1 figures from this run): per clip, the loop, the decode (what is
+    left of the call after the last step: mostly Griffin-Lim), and the speed-up."""
+    fast = replace(cfg, sampler="fast", steps=cfg.fast_steps)
+    pipe.set_sampler("fast")
+    try:
+        r = time_generation(pipe, fast, 1, None, device, cfg.repeats)
+    finally:
+        pipe.set_sampler(cfg.sampler)
+    r = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
+    r["decode_seconds"] = round(r["call_seconds"] - r["loop_seconds"], 4)
+    r["steps"] = cfg.fast_steps
+    r["griffin_lim_iters"] = pipe.student_config.griffin_lim_iters or pipe.codec.cfg.griffin_lim_iters
+    r["speedup_vs_default"] = round(teacher["generate_seconds"] / r["generate_seconds"], 2)
+    return r
+
+
 def fit_exponent(xs, ys) -> float:
     """Least-squares slope of log(y) against log(x): cost ~ x ** slope."""
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
 
 
 def scaling(pipe, cfg: BenchConfig, device) -> dict:
-    by_dur = {d: time_generation(pipe, cfg, 1, d, device, 1)["generate_seconds"] for d in cfg.durations}
+    # the best of `repeats` calls per duration: one slow call (the machine's, not the loop's) would bend the fit
+    by_dur = {d: time_generation(pipe, cfg, 1, d, device, cfg.repeats)["generate_seconds"] for d in cfg.durations}
     by_batch = {b: time_generation(pipe, cfg, b, None, device, 1)["generate_seconds"] for b in cfg.batch_sizes}
     return {"seconds_by_duration": {str(k): round(v, 4) for k, v in by_dur.items()},
             "duration_exponent": round(fit_exponent(list(by_dur), list(by_dur.values())), 3),

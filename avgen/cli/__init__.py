@@ -15,12 +15,12 @@ from __future__ import annotations
 import sys
 
 from avgen import __version__
-from avgen.cli import bench, data, demo, eval, export, generate, judges, postfilter, seeds, train
+from avgen.cli import bench, data, demo, distill, eval, export, generate, judges, postfilter, seeds, train
 from avgen.cli.args import SEED, ArgumentParser, UsageError, number, one_line, whole
 from avgen.data.sources import SourceError
 
 # Order = order in `avgen --help`.
-SUBCOMMANDS = (data, train, export, postfilter, generate, bench, demo, seeds, eval, judges)
+SUBCOMMANDS = (data, train, export, postfilter, distill, generate, bench, demo, seeds, eval, judges)
 
 
 def build_parser() -> ArgumentParser:

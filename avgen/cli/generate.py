@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from avgen.api.settings import parse_spans
 from avgen.cli.args import UsageError, add_settings, settings_from_args
 from avgen.model.config import DEFAULT_WEIGHTS
 from avgen.util import output_paths
@@ -35,6 +36,10 @@ def register(subparsers) -> None:
     given = p.add_mutually_exclusive_group()
     given.add_argument("--audio", type=Path, help="audio (wav, or a video file's sound track) to hold fixed: A2V")
     given.add_argument("--video", type=Path, help="video file whose picture is held fixed: V2A")
+    given.add_argument("--edit", type=Path, help="a clip (with sound) to edit: its picture and sound are kept in the "
+                       "--keep spans and made anew from the prompt everywhere else (temporal inpainting)")
+    p.add_argument("--keep", default=None, metavar="SPANS",
+                   help="with --edit: the spans to keep, START:END in seconds, comma-separated (e.g. 0:1,2:3)")
     p.set_defaults(func=run)
 
 
@@ -68,6 +73,8 @@ def read_given(args, spec) -> tuple[dict, list[str]]:
 
     from avgen.data.given import read_given as read
 
+    if args.edit is not None:
+        return {}, []
     kind = "audio" if args.audio is not None else "video" if args.video is not None else None
     if kind is None:
         return {}, []
@@ -77,6 +84,17 @@ def read_given(args, spec) -> tuple[dict, list[str]]:
     return {kind: array}, notes
 
 
+def read_edit(args, spec, spans):
+    """--edit CLIP -> (an `Edit` of its picture and sound on the model's clock, the reader's notes), or (None, [])."""
+    from avgen.api.generate import Edit
+    from avgen.data.given import read_given as read
+
+    if args.edit is None:
+        return None, []
+    (frames, n1), (audio, n2) = (read(args.edit, spec, k) for k in ("video", "audio"))
+    return Edit(frames, audio, spans), n1 + n2
+
+
 def run(args) -> int:
     # imported here (torch, diffusers, PyAV): building the parser stays fast
     from avgen.api.generate import generate, load_pipeline
@@ -84,15 +102,22 @@ def run(args) -> int:
     from avgen.model.device import resolve_device
 
     check_output(args.out, args.num_clips, args.force)
+    if (args.edit is None) != (args.keep is None):
+        raise UsageError("--edit CLIP and --keep SPANS go together: the clip to edit and what of it to keep")
+    if args.edit is not None and args.duration is not None:
+        raise UsageError("--edit keeps the clip's own length: leave out --duration")
+    spans = parse_spans(args.keep) if args.keep is not None else None
     kind = "audio" if args.audio is not None else "video" if args.video is not None else None
     settings = settings_from_args(args, prompt=args.prompt, mode={"audio": "a2v", "video": "v2a"}.get(kind, "t2av"))
     device = resolve_device(settings.device)
     pipe = load_pipeline(args.weights, str(device), settings.sampler, compile=args.compile)
-    pipe.vocabulary.parse(settings.prompt)  # an unknown label fails here, before the given file is read
+    pipe.vocabulary_for(settings.duration).parse(settings.prompt)  # an unknown label fails before files are read
     given, notes = read_given(args, pipe.codec.spec)
+    edit, edit_notes = read_edit(args, pipe.codec.spec, spans)
+    notes = notes + edit_notes
     for note in notes:
         print(f"avgen generate: note: {note}", file=sys.stderr)
-    clips = generate(pipe, settings, **given)
+    clips = generate(pipe, settings, **given, edit=edit)
     for path in write_outputs(clips, args.out, settings, pipe, args.weights, str(device)):
         print(path)
     return 0

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from avgen.api.generate import generate
-from avgen.api.settings import SETTINGS, GenerateSettings
+from avgen.api.generate import Edit, generate
+from avgen.api.settings import SETTINGS, GenerateSettings, parse_spans
+from avgen.api.stream import as_clip, stream
 from avgen.data.clip import Clip
 from avgen.data.io import write_mp4, write_wav
 from avgen.data.preview import render_sheet
@@ -72,6 +73,7 @@ class Studio:
         self.limits = limits
         self.default_device = SETTINGS["device"].check(device)
         self.pipe = load_pipeline(self.weights, device)  # the one load: requests only move it between devices
+        self.sampler = GenerateSettings().sampler  # the page's starting sampler (build_app sets it)
         self.judges, self.judges_note = load_judges(judges)
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="avgen-studio-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -106,20 +108,30 @@ class Studio:
 
     @property
     def samplers(self) -> tuple[str, ...]:
-        return tuple(SAMPLERS)
+        """The samplers these weights can run (fast needs a distilled student)."""
+        return tuple(s for s in SAMPLERS if s != "fast" or self.pipe.student is not None)
 
     # ------------------------------------------------------------------ requests
-    def check(self, settings: GenerateSettings, upload=None) -> tuple[GenerateSettings, dict, list[str]]:
-        """Validate a request -> (normalised GenerateSettings, the given modality {audio|video: array}, notes).
+    def check(self, settings: GenerateSettings, upload=None, keep: str | None = None) -> tuple[GenerateSettings, dict, list[str]]:
+        """Validate a request -> (normalised GenerateSettings, what `generate` is given: {audio|video: array}
+        or {edit: Edit}, notes).
 
         The prompt is read by the model's vocabulary and the settings checked against the settings table,
         as `avgen generate` does: every problem a person can fix raises a ValueError (PromptError,
-        SettingError, DemoInputError) with one sentence, before any sampling starts.
+        SettingError, DemoInputError) with one sentence, before any sampling starts. `keep` (spans such
+        as "0:1,2:3"): an edit of the uploaded video, its picture and sound kept there, the rest remade.
         """
         lim = self.limits
         prompt = self.pipe.vocabulary.parse(settings.prompt)
         settings = settings.replace(prompt=prompt.text, num_clips=1, duration=None).check()
         mode = settings.mode
+        if keep is not None:
+            if upload is None:
+                raise DemoInputError("an edit keeps parts of a clip: upload the video (with its sound) first")
+            spans = parse_spans(keep)
+            frames, n1 = inputs.read_video_upload(upload, self.spec, lim)
+            audio, n2 = inputs.read_audio_upload(upload, self.spec, lim)
+            return settings.replace(mode="t2av").check(), {"edit": Edit(frames, audio, spans)}, n1 + n2
         if mode == "t2av":
             return settings, {}, []
         if upload is None:
@@ -135,7 +147,7 @@ class Studio:
         """Check, generate, write, analyse, draw. Raises DemoInputError for input a person can fix."""
         return self.inspect(self.make(settings, upload, progress), progress)
 
-    def make(self, settings, upload=None, progress: Progress | None = None) -> StudioResult:
+    def make(self, settings, upload=None, progress: Progress | None = None, keep: str | None = None) -> StudioResult:
         """Check, generate, write the mp4 and the wav: what the person waits for."""
         say = progress or _silent
 
@@ -146,7 +158,7 @@ class Studio:
 
         with self._working():
             say(0.0, "checking the request")
-            settings, given, notes = self.check(settings, upload)
+            settings, given, notes = self.check(settings, upload, keep)
             with self._lock:
                 self._move_to(settings.device)
                 say(0.05, "sampling")
@@ -186,11 +198,36 @@ class Studio:
         say(1.0, "done")
         return result
 
+    def stream(self, settings: GenerateSettings, duration: float):
+        """Check, then make a clip of `duration` seconds as a stream (`avgen.api.stream`): yields each
+        `StreamChunk` as soon as it is made, then the written mp4 of the whole clip (a Path). Holds the
+        model for the whole stream, as `make` does for one clip."""
+        prompt = self.pipe.vocabulary_for(duration).parse(settings.prompt)
+        settings = settings.replace(prompt=prompt.text, num_clips=1, duration=duration, mode="t2av").check()
+        with self._working():
+            chunks = []
+            with self._lock:
+                self._move_to(settings.device)
+                for chunk in stream(self.pipe, settings):
+                    if self._stopping.is_set():
+                        raise StudioStopped("the studio is shutting down: this stream was not finished")
+                    chunks.append(chunk)
+                    yield chunk
+            out = self._result_dir()
+            try:
+                path = write_mp4(as_clip(chunks, settings.prompt, {"seed": settings.seed, "mode": "t2av"}),
+                                 out / "stream.mp4")
+            finally:
+                self._release(out)
+        yield path
+
     def warm_up(self) -> float:
         """One cheap sampling so the first person does not pay for lazy initialisation; seconds taken."""
         t0 = time.perf_counter()
         with self._lock:
             generate(self.pipe, GenerateSettings(steps=1, device=self.default_device))
+            if self.pipe.student is not None:  # the fast sampler's network and decode too (the stream's first chunk)
+                generate(self.pipe, GenerateSettings(sampler="fast", device=self.default_device))
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ shutdown

@@ -17,6 +17,7 @@ import numpy as np
 from avgen.data.io import decode_av
 from avgen.eval.frechet import Floor, bootstrap_ci, floor, frechet_distance, kid, stack
 from avgen.eval.judges import Judges, event_frames, event_sound, image_input, speech_input
+from avgen.eval.seams import seam_record
 from avgen.eval.sync import av_align, estimate_offset, match_onsets
 from avgen.signal.onsets import AVSignal, Detected, OnsetConfig, Track, detect_events, envelope, level_db, onsets, tracks
 from avgen.util import one_line
@@ -52,6 +53,7 @@ class Item:
     path: Path
     prompt: str | None = None
     truth: Truth | None = None
+    seams: list[float] | None = None  # a long generated clip's window seams (s): scored by `seams.seam_record`
 
 
 @dataclass
@@ -188,6 +190,8 @@ def evaluate(items: list[Item], cfg: EvalConfig = EvalConfig(), judges: Judges |
             sig = load_signal(item.path, cfg)
             usable = judges if item.prompt is None or judge_can_read(judges, item.prompt) else None
             a = analyse(sig, cfg, usable, item.prompt, item.truth)
+            if item.seams is not None:
+                a.record.update(seam_record(a.record, item.seams, SEAM_TOLERANCE_S))
         except ValueError as e:  # AVReadError (the reader's own words) and files without usable timing
             records.append({"path": str(item.path), "error": one_line(e)})
         except Exception as e:  # noqa: BLE001 - the per-file guard: recorded, and the run goes on
@@ -205,12 +209,17 @@ def judge_can_read(judges: Judges | None, prompt: str) -> bool:
 
 
 SCALARS = ("av_offset_ms", "abs_offset_ms", "offset_confidence", "onset_precision", "onset_recall", "onset_f1",
-           "onset_f1_video_gt", "onset_f1_audio_gt", "av_align")
+           "onset_f1_video_gt", "onset_f1_audio_gt", "av_align", "seam_event_offset_ms", "elsewhere_event_offset_ms")
+# picture and sound onsets paired for the seam offsets: wider than a frame, so a seam that moved one
+# modality shows as a larger offset rather than as an unpaired event
+SEAM_TOLERANCE_S = 0.2
 POOLED = {"video_digit_accuracy": "video_digit_counts", "audio_digit_accuracy": "audio_digit_counts",
           "av_agreement": "av_agreement_counts",
           # clips with exactly one event per prompt label (counting is what the digit accuracies hinge on)
           "video_count_accuracy": "video_count_counts", "audio_count_accuracy": "audio_count_counts",
-          "av_count_agreement": "av_count_counts"}  # clips with as many events in the picture as in the sound
+          "av_count_agreement": "av_count_counts",  # clips with as many events in the picture as in the sound
+          # long clips: 2-s windows on a seam / away from seams with as many picture as sound events
+          "seam_count_agreement": "seam_count_counts", "elsewhere_count_agreement": "elsewhere_count_counts"}
 
 
 def pooled(rows: np.ndarray) -> float:

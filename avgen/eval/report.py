@@ -55,24 +55,24 @@ def lookup_prompt(prompts: dict[str, str], path: Path) -> str | None:
 # ----------------------------------------------------------------------------- output
 def format_table(summary: dict) -> str:
     """The summary as an aligned text table."""
-    lines = [f"{'metric':<24}{'mean':>10}{'median':>10}   {'95% CI':<20}{'n':>6}"]
+    lines = [f"{'metric':<28}{'mean':>10}{'median':>10}   {'95% CI':<20}{'n':>6}"]
     for key in SCALARS:
         if key in summary:
             s = summary[key]
             ci = f"[{fmt(s['ci95'][0])}, {fmt(s['ci95'][1])}]"
             undefined = f"  ({s['n_undefined']} undefined)" if s["n_undefined"] else ""
-            lines.append(f"{key:<24}{fmt(s['mean']):>10}{fmt(s['median']):>10}   {ci:<20}{s['n']:>6}{undefined}")
+            lines.append(f"{key:<28}{fmt(s['mean']):>10}{fmt(s['median']):>10}   {ci:<20}{s['n']:>6}{undefined}")
     for key in ("median_abs_offset_ms", *POOLED):
         if key in summary:
             s = summary[key]
             ci = f"[{fmt(s['ci95'][0])}, {fmt(s['ci95'][1])}]"
-            lines.append(f"{key:<24}{fmt(s['value']):>10}{'':>10}   {ci:<20}{s.get('n_clips', ''):>6}")
+            lines.append(f"{key:<28}{fmt(s['value']):>10}{'':>10}   {ci:<20}{s.get('n_clips', ''):>6}")
     for m in MEDIA:
         for kind in ("fd", "kid"):
             key = f"{kind}_{m}"
             if key in summary:
                 fl = summary[f"{key}_floor"]
-                lines.append(f"{key:<24}{fmt(summary[key]):>10}   real-vs-real floor {fmt(fl['mean'])} "
+                lines.append(f"{key:<28}{fmt(summary[key]):>10}   real-vs-real floor {fmt(fl['mean'])} "
                              f"+- {fmt(fl['std'])} at N={fl['n']}")
     return "\n".join(lines)
 

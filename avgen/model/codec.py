@@ -102,12 +102,13 @@ class AVCodec(nn.Module):
                           pad_mode="constant", return_complex=True)  # (B, bins, K + 2)
         return rearrange(stft.abs()[..., 1:-1], "b f k -> b k f")  # (B, K, bins)
 
-    def waveform(self, mags: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """(B, K, bins) magnitudes -> (B, num_samples) audio by Griffin-Lim (the inverse of `magnitudes`)."""
+    def waveform(self, mags: torch.Tensor, num_samples: int, n_iter: int | None = None) -> torch.Tensor:
+        """(B, K, bins) magnitudes -> (B, num_samples) audio by Griffin-Lim (the inverse of `magnitudes`),
+        with `n_iter` iterations (None: the codec's `griffin_lim_iters`)."""
         spec = F.pad(rearrange(mags, "b k f -> b f k"), (1, 1))  # (B, bins, K + 2): silent dropped frames
         c = self.cfg
         delayed = torchaudio.functional.griffinlim(  # (B, S + hop); zero initial phase: no RNG
-            spec.float(), self.window, c.n_fft, self.hop, c.n_fft, power=1.0, n_iter=c.griffin_lim_iters,
+            spec.float(), self.window, c.n_fft, self.hop, c.n_fft, power=1.0, n_iter=n_iter or c.griffin_lim_iters,
             momentum=c.griffin_lim_momentum, length=num_samples + self.hop, rand_init=False)
         return delayed[:, self.delay: self.delay + num_samples]  # (B, S)
 
@@ -151,11 +152,12 @@ class AVCodec(nn.Module):
                            h=s.height, w=s.width, c=s.channels)
         return ((frames + 1) / 2).clamp(0, 1)  # (B, T, H, W, C)
 
-    def decode_audio(self, tokens: torch.Tensor) -> torch.Tensor:
+    def decode_audio(self, tokens: torch.Tensor, n_iter: int | None = None) -> torch.Tensor:
+        """(B, N, Da) -> (B, S); `n_iter` Griffin-Lim iterations (None: the codec's)."""
         c = self.cfg
         feats = self.audio_frames(tokens.float())  # (B, K, Fa)
         num_samples = tokens.shape[1] * c.frames_per_token * self.spec.samples_per_frame
-        wave = self.waveform(self.expand(feats), num_samples)  # (B, S)
+        wave = self.waveform(self.expand(feats), num_samples, n_iter)  # (B, S)
         # tokens far outside the data's range (extreme guidance) can exceed full scale: such a clip is
         # scaled down to peak 1 as a whole (no clipping distortion); any other clip is left untouched
         return wave / wave.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)

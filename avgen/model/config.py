@@ -146,7 +146,11 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "avgen"  # t
 # Here, beside the model's other settings, so that a command line or a page can show them without
 # importing the sampler (torch, diffusers).
 DEVICES = ("auto", "cpu", "cuda", "mps")  # avgen.model.device.resolve_device; also cuda:N
-SAMPLER_NAMES = ("euler", "heun", "dpm++")  # avgen.model.sampler.SAMPLERS builds each
+SAMPLER_NAMES = ("euler", "heun", "dpm++", "fast")  # avgen.model.sampler.SAMPLERS builds each
+# "fast": the weights' distilled student (`avgen.model.student`), Euler over its own levels, guidance
+# folded in; it makes a clip in at most this many passes (its default), and from a prompt only.
+FAST_MAX_STEPS = 2
+DEFAULT_STEPS = 25  # the other samplers' default
 DEFAULT_GUIDANCE_SCALE = 6.0  # 4 / 6 / 8 measured: docs/experiments.md
 # Prompt guidance acts only between these noise levels (1 = pure noise; Kynkaanniemi et al. 2024,
 # "Applying Guidance in a Limited Interval"). Above 0.8 the x0 prediction is a blur of where events

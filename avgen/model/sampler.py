@@ -33,6 +33,8 @@ SAMPLERS: dict[str, Callable[[], object]] = {
     "heun": lambda: FlowMatchHeunScheduler(),  # 2nd order: 2N - 2 passes for N steps (see samplers.py)
     "dpm++": lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
                                                  algorithm_type="dpmsolver++", solver_order=2),
+    # the distilled student's Euler steps over its own levels (`schedule(..., sigmas=)`; see student.py)
+    "fast": lambda: FlowMatchEulerDiscreteScheduler(),
 }
 assert tuple(SAMPLERS) == SAMPLER_NAMES, "config.SAMPLER_NAMES lists the samplers built here"
 TABLE_ROWS = 256  # rows of AdaLN outputs built at once (steps x [cond | uncond] x batch): ~20 MB for AVDiT-S
@@ -125,11 +127,16 @@ class Schedule:
         return len(self.timesteps)
 
 
-def schedule(schedulers: dict[str, object], noisy: list[str], steps: int, strength: float, device) -> Schedule:
+def schedule(schedulers: dict[str, object], noisy: list[str], steps: int, strength: float, device,
+             sigmas: list[float] | None = None) -> Schedule:
     """Set the `noisy` modalities' schedulers to `steps` steps and return what they will visit; with
-    `strength` < 1 only the levels <= strength (SDEdit, Meng et al. 2022)."""
+    `strength` < 1 only the levels <= strength (SDEdit, Meng et al. 2022). `sigmas`: the levels of the
+    steps instead of the scheduler's own spacing (a distilled student's)."""
     for m in noisy:
-        schedulers[m].set_timesteps(steps, device=device)
+        if sigmas is None:
+            schedulers[m].set_timesteps(steps, device=device)
+        else:
+            schedulers[m].set_timesteps(sigmas=list(sigmas), device=device)
     sigmas = schedulers[noisy[0]].sigmas
     start = 0 if strength >= 1 else int((sigmas > strength).sum())  # sigmas fall from 1 to 0
     for m in noisy:
@@ -142,13 +149,19 @@ def schedule(schedulers: dict[str, object], noisy: list[str], steps: int, streng
 
 def sample(net: AVDiT, x: dict[str, torch.Tensor], noisy: list[str], cond: Conditioning, guidance: Guidance,
            schedulers: dict[str, object], plan: Schedule, init: dict[str, torch.Tensor] | None = None,
-           on_step: Callable | None = None, progress=None, predict: Callable | None = None) -> dict[str, torch.Tensor]:
+           on_step: Callable | None = None, progress=None, predict: Callable | None = None,
+           known: dict[str, torch.Tensor] | None = None, known_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Integrate the flow ODE for the `noisy` modalities of `x` ({modality: (B, N, D) tokens: noise, or
     clean for a given modality, which stays at t = 0}) over `plan` (from `schedule`). With a plan that
     starts below pure noise, each noisy modality starts from `init`'s tokens noised to its first level.
     `on_step(i, t, x) -> x` runs after every step (diffusers' step-end callback); `progress.update()`
     too. `predict(x, t, cond, guidance, modulation)` stands in for the guided network (`predict_x0`):
-    a known flow in the tests, another network on another device in a check."""
+    a known flow in the tests, another network on another device in a check.
+
+    `known` ({modality: (B, N, D) clean tokens}) where `known_mask` (B, N) is True: those tokens are
+    context, not sampled. Before every pass they are set to where the straight path from their own
+    starting noise to their clean value is at that level (the replacement method for temporal
+    continuation and inpainting, Ho et al. 2022, "Video Diffusion Models", sec. 3.1), and they end clean."""
     if predict is None:
         def predict(x, t, cond, guidance, modulation):
             return predict_x0(net, x, t, cond, guidance, modulation)
@@ -160,7 +173,11 @@ def sample(net: AVDiT, x: dict[str, torch.Tensor], noisy: list[str], cond: Condi
             x[m] = (1 - s) * init[m] + s * x[m]
     batch = x["video"].shape[0]
     chunk = max(1, TABLE_ROWS // (2 * batch))  # steps per AdaLN table: its memory is bounded by rows
+    context = {m: (known[m], known_mask[..., None], x[m].clone()) for m in noisy if known is not None and m in known}
     for i, step_t in enumerate(plan.timesteps):
+        for m, (clean, where, noise) in context.items():
+            s = plan.t_steps[i][m]
+            x[m] = torch.where(where, (1 - s) * clean + s * noise, x[m])
         if i % chunk == 0:
             table = cond.modulation_table(net, plan.t_steps[i:i + chunk])
         t = {m: torch.full((batch,), plan.t_steps[i][m], device=device) for m in MEDIA}
@@ -172,6 +189,8 @@ def sample(net: AVDiT, x: dict[str, torch.Tensor], noisy: list[str], cond: Condi
             x = on_step(i, step_t, x)
         if progress is not None:
             progress.update()
+    for m, (clean, where, _) in context.items():
+        x[m] = torch.where(where, clean, x[m])
     return x
 
 

@@ -133,7 +133,7 @@ def _unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torc
     return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
 
 
-def _optimizer_to_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_to_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split `optimizer.state_dict()` into tensors and a JSON-able remainder."""
     tensors, scalars = {}, {}
     for index, per_param in state["state"].items():
@@ -145,7 +145,7 @@ def _optimizer_to_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {}
     for key, value in _unprefixed("optimizer.state", tensors).items():
         index, name = key.split(".", 1)
@@ -191,7 +191,7 @@ def network_config(model) -> dict:
 def save_training_state(run_dir, *, model, ema, optimizer, scheduler, progress: dict, config: dict,
                         keep_last: int) -> Path:
     """Checkpoint at `progress["step"]`, then prune to the newest `keep_last`."""
-    opt_tensors, opt_meta = _optimizer_to_tensors(optimizer.state_dict())
+    opt_tensors, opt_meta = optimizer_to_tensors(optimizer.state_dict())
     rng_tensors, rng_meta = _rng_state()
     tensors = {**_prefixed("model", model.state_dict()), **_prefixed("ema", ema.state_dict()),
                **opt_tensors, **rng_tensors}
@@ -216,7 +216,7 @@ def load_training_state(path, *, model, ema, optimizer, scheduler) -> dict:
     try:
         model.load_state_dict(_unprefixed("model", tensors), strict=True)
         ema.load_state_dict(_unprefixed("ema", tensors))
-        optimizer.load_state_dict(_optimizer_from_tensors(tensors, meta["optimizer"]))
+        optimizer.load_state_dict(optimizer_from_tensors(tensors, meta["optimizer"]))
     except (RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from e
     scheduler.load_state_dict(meta["scheduler"])
@@ -232,4 +232,4 @@ def load_ema_weights(path) -> tuple[dict[str, torch.Tensor], dict]:
 
 __all__ = ["CHECKPOINT_DIR", "CheckpointError", "atomic_save", "check_weights_file",
            "checkpoint_path", "latest_checkpoint", "list_checkpoints", "load_ema_weights", "load_training_state",
-           "prune", "read_checkpoint", "save_training_state"]
+           "optimizer_from_tensors", "optimizer_to_tensors", "prune", "read_checkpoint", "save_training_state"]
