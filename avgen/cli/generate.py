@@ -73,8 +73,6 @@ def read_given(args, spec) -> tuple[dict, list[str]]:
 
     from avgen.data.given import read_given as read
 
-    if args.edit is not None:
-        return {}, []
     kind = "audio" if args.audio is not None else "video" if args.video is not None else None
     if kind is None:
         return {}, []

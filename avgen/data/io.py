@@ -251,6 +251,7 @@ def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True
         if need_audio and not astreams:
             raise AVReadError(f"{p}: has no audio track")
         vs = vstreams[0]
+        declared_rate = _declared_rate(vs)  # read while the file is open: PyAV >= 18.1.1 refuses it after
         as_ = astreams[0] if astreams else None
         streams = [vs] + ([as_] if as_ is not None else [])
         frames, vtimes, chunks, a_start, sr, complete = [], [], [], None, 0, True
@@ -260,7 +261,7 @@ def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True
                     t = float(fr.time) if fr.time is not None else None
                     if packet.stream is vs:
                         if t is None:
-                            rate = _declared_rate(vs)
+                            rate = declared_rate
                             t = vtimes[-1] + 1 / float(rate if rate and rate > 0 else 25) if vtimes else 0.0
                         frames.append(fr.to_ndarray(format="rgb24", **_fitted_size(fr, max_side)))
                         vtimes.append(t)
@@ -287,7 +288,7 @@ def decode_av(path, max_duration_s: float | None = None, need_audio: bool = True
     vt = np.asarray(vtimes, np.float64)
     order = np.argsort(vt, kind="stable")
     vt, frames = vt[order], [frames[i] for i in order]
-    fps = _frame_rate(_declared_rate(vs), vt)
+    fps = _frame_rate(declared_rate, vt)
     audio = np.concatenate(chunks) if chunks else None
     return Decoded(str(p), np.stack(frames), vt - vt[0], fps, audio, int(sr or 0),
                    float((a_start or 0.0) - vt[0]), complete)
