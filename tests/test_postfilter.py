@@ -265,10 +265,10 @@ def test_the_studio_follows_its_postfilter_checkbox(weights, tmp_path, monkeypat
     studio = Studio(weights, "cpu", tmp_path / "studio", judges=tmp_path / "no-judges")
     on, off = (studio.make(GenerateSettings(prompt="3 1", steps=2, postfilter=p, device="cpu")) for p in (True, False))
     assert not np.allclose(on.clip.audio, off.clip.audio, atol=1e-3)
-    # the page's checkbox is the handler's last input, and reaches the settings
+    # the page's checkbox is the handler's input before the edit spans, and reaches the settings
     seen = []
-    monkeypatch.setattr(studio, "make", lambda settings, upload, progress: seen.append(settings) or on)
-    assert GENERATE_INPUTS[-1] == "postfilter"
+    monkeypatch.setattr(studio, "make", lambda settings, upload, progress, keep=None: seen.append(settings) or on)
+    assert GENERATE_INPUTS[-2:] == ("postfilter", "keep")  # the checkbox, then the edit mode's spans
     for flag in (False, True):
         list(make_handler(studio)("t2av", "3 1", 0, 2, 4.0, 4.0, 1.0, "euler", "cpu", None, None, 0.0, 1.0, flag,
                                   progress=lambda *a, **k: None))
